@@ -1,0 +1,72 @@
+"""The aggregation interface.
+
+An aggregation rule sees the round's client updates as one matrix and returns one update:
+
+    updates: Tensor[n, d]   row i = client i's trainable-weight update (theta_i - theta_global)
+    weights: Tensor[n]      client i's number of training samples (float)
+    ->  AggregationResult.update: Tensor[d], applied as theta_global + update
+
+Rows arrive in cohort order (sorted client ids), identical for any number of processes.
+Non-finite rows are removed by the simulation before any rule runs. Facts known only at run time
+(the layout, the device, the server's auxiliary data) arrive through ``connect``; state that must
+survive a resume goes through ``state_dict`` / ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from fedsim.params import ParamLayout
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """Run-time facts given to ``Aggregator.connect`` once, before the first round."""
+
+    layout: ParamLayout
+    device: torch.device
+    num_clients: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """Read-only facts about the round being aggregated."""
+
+    round: int
+    global_weights: Tensor  # [d] current global trainable weights
+    client_ids: Tensor  # [n] int64, the clients whose rows are in `updates`
+    generator: torch.Generator  # seeded from (seed, round, "aggregate"); use for any noise
+    # Trains a copy of the current global model on the server's auxiliary (root) data and
+    # returns its update [d]; only rules that need it (FLTrust) call it.
+    server_update: Optional[Callable[[], Tensor]] = None
+    # Ground truth from the attack schedule ([n] bool, True = malicious); for metrics only,
+    # a rule must never use it to decide.
+    malicious: Optional[Tensor] = None
+
+
+@dataclass
+class AggregationResult:
+    update: Tensor  # [d]
+    accepted: Optional[Tensor] = None  # [n] bool: the clients the rule kept (detection rules)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Aggregator:
+    """Base class: subclasses implement ``aggregate``."""
+
+    def connect(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def aggregate(self, updates: Tensor, weights: Tensor, ctx: RoundContext) -> AggregationResult:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

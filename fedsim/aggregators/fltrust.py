@@ -1,0 +1,61 @@
+"""FLTrust.
+
+Cao, Fang, Liu, Gong, "FLTrust: Byzantine-robust Federated Learning via Trust Bootstrapping",
+NDSS 2021 (arXiv 2012.13995). The server trains the current global model on a small clean root
+dataset to get a reference update ``g0``. Each client's trust score is
+``ReLU(cos(u_i, g0))``; each update is rescaled to the norm of ``g0``; the aggregate is the
+trust-weighted mean of the rescaled updates. An update opposite to ``g0`` gets zero weight, and
+no update can contribute more norm than ``g0`` has. Sample weights are ignored, as in the paper.
+
+The root data is whatever ``RoundContext.server_update`` trains on (the server's auxiliary
+data). The FLAIN reference scripts used 10 samples per class drawn from the validation set.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+
+
+def fltrust(updates: Tensor, server_update: Tensor) -> tuple[Tensor, Tensor]:
+    """Trust-weighted mean of the updates rescaled to ``||server_update||``.
+
+    Returns:
+        the update ``[d]`` and the trust scores ``[n]``. If every score is zero the update is
+        zero (no client is trusted).
+    """
+    u = updates.double()
+    g0 = server_update.double().to(u.device)
+    g0_norm = torch.linalg.vector_norm(g0)
+    norms = torch.linalg.vector_norm(u, dim=1)
+    # A zero-norm update (or a zero g0) has no direction: it gets no trust.
+    cos = (u @ g0) / (norms * g0_norm).clamp_min(1e-30)
+    scores = torch.relu(cos)
+    rescaled = u * (g0_norm / norms.clamp_min(1e-30))[:, None]
+    total = scores.sum()
+    if total <= 0:
+        return torch.zeros_like(updates[0]), scores.to(updates.dtype)
+    update = (scores[:, None] * rescaled).sum(0) / total
+    return update.to(updates.dtype), scores.to(updates.dtype)
+
+
+class FLTrust(Aggregator):
+    """Trust bootstrapping from a server update trained on clean root data.
+
+    Needs ``RoundContext.server_update`` (the simulation provides it from the server's
+    auxiliary data). Takes no hyperparameters: the root-data size and local training of the
+    server are set where the auxiliary data and client training are configured.
+    """
+
+    def aggregate(self, updates: Tensor, weights: Tensor, ctx: RoundContext) -> AggregationResult:
+        if ctx.server_update is None:
+            raise ValueError("FLTrust needs server root data: RoundContext.server_update is None")
+        g0 = ctx.server_update()
+        update, scores = fltrust(updates, g0)
+        metrics = {
+            "trust_mean": float(scores.mean()),
+            "server_update_norm": float(torch.linalg.vector_norm(g0)),
+        }
+        return AggregationResult(update, accepted=scores > 0, metrics=metrics)

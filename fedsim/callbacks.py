@@ -1,0 +1,27 @@
+"""Callbacks: the hooks the simulation calls on every rank, through ``fabric.call``.
+
+Hooks (all optional, each receives the Fabric object and the simulation):
+
+    on_train_start(fabric, simulation)           after setup/resume, before the first round
+    on_round_end(fabric, simulation, round, metrics)   after aggregation + evaluation
+    on_train_end(fabric, simulation)             after the last round; post-training defenses
+                                                 (FLAIN, fine-pruning, ...) live here
+
+Rule: every hook runs on every rank (so it may call collectives); side effects such as logging
+or writing files happen on rank 0 only (``fabric.is_global_zero``).
+"""
+
+from __future__ import annotations
+
+
+class Callback:
+    """Base class for simulation callbacks; override the hooks you need."""
+
+    def on_train_start(self, fabric, simulation) -> None:
+        pass
+
+    def on_round_end(self, fabric, simulation, round: int, metrics: dict) -> None:
+        pass
+
+    def on_train_end(self, fabric, simulation) -> None:
+        pass

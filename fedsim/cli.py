@@ -1,0 +1,176 @@
+"""The command line: a jsonargparse parser whose schema is the typed signature of ``run``.
+
+    python launch/train.py --config configs/quickstart.yaml            # 1 process, calls launch()
+    fabric run --accelerator cpu --devices 2 launch/train.py --config X # N processes from the CLI
+    python launch/train.py --config X --fed.rounds 5 --print_config    # dotted overrides
+
+Components are chosen by ``class_path`` (data, partition, model, aggregator, attack, callbacks).
+Classes are instantiated only after the global RNG is seeded from ``seed``, so the initial model
+is the same on every rank and in every run with that seed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, lazy_instance
+from torch import nn
+
+from fedsim.aggregators import Aggregator, FedAvg
+from fedsim.attacks import Attack
+from fedsim.callbacks import Callback
+from fedsim.clients import ClientConfig
+from fedsim.data import Dataset, EmbeddedMNIST, IID, Partitioner, build_federated
+from fedsim.loggers import LoggerConfig, RunLogger
+from fedsim.models import MnistCNN
+from fedsim.runtime.seeding import derive_seed
+from fedsim.simulation import FedConfig, Simulation, SimulationConfig
+
+
+def run(
+    data: Dataset = lazy_instance(EmbeddedMNIST),
+    partition: Partitioner = lazy_instance(IID),
+    model: nn.Module = lazy_instance(MnistCNN),
+    fed: FedConfig = FedConfig(),
+    client: ClientConfig = ClientConfig(),
+    aggregator: Aggregator = lazy_instance(FedAvg),
+    attack: Optional[Attack] = None,
+    callbacks: Optional[list[Callback]] = None,
+    logger: LoggerConfig = LoggerConfig(),
+    seed: int = 0,
+    run_dir: str = "runs/default",
+    resume: Optional[str] = None,
+    threads: Optional[int] = None,
+    accelerator: str = "auto",
+    devices: Union[int, str] = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+) -> None:
+    """Federated training with attacks, robust aggregation and post-training defenses.
+
+    Args:
+        data: the dataset (class_path: fedsim.data.EmbeddedMNIST, MNIST, FashionMNIST, EMNIST, CIFAR10).
+        partition: how the training pool is split over clients (fedsim.data.IID, Dirichlet, Shards).
+        model: the network (fedsim.models.MnistCNN, FmnistCNN, CifarCNN, ResNet18, TinyNet).
+        fed: the federation: clients, rounds, cohort size, evaluation and checkpoint cadence.
+        client: local training of every client.
+        aggregator: the server's rule (fedsim.aggregators.FedAvg, Krum, Median, ...).
+        attack: the backdoor attack (fedsim.attacks.Attack with data / model parts and a schedule).
+        callbacks: run on every rank; post-training defenses such as flain.FLAIN go here.
+        logger: metrics.csv is always written; W&B on request (offline by default).
+        seed: the root of all randomness: (seed, round, client_id) determines everything.
+        run_dir: where config.yaml, metrics.csv, summary.json and checkpoints go.
+        resume: a checkpoint to continue from, or "auto" for <run_dir>/checkpoints/last.ckpt.
+            A checkpoint of a finished run with fed.rounds unchanged runs no round: only the
+            post-training callbacks (e.g. FLAIN on a saved model, without retraining).
+        threads: torch threads per process; None = CPU cores / processes on this node.
+        accelerator: used only when not started by `fabric run` (cpu, cuda, auto).
+        devices: used only when not started by `fabric run`.
+        strategy: used only when not started by `fabric run`.
+        num_nodes: used only when not started by `fabric run`.
+    """
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="launch/train.py", description=run.__doc__.split("\n")[0], exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML config file")
+    parser.add_function_arguments(run, as_group=False)
+    return parser
+
+
+def main(args: Optional[list[str]] = None) -> dict:
+    """Parses ``args`` (default: sys.argv), validates everything, then trains. Returns the summary."""
+    return execute(*prepare(args))
+
+
+def prepare(args: Optional[list[str]] = None):
+    """Parses and instantiates the configuration; raises on bad input before any training."""
+    parser = build_parser()
+    cfg = parser.parse_args(args)
+    torch.manual_seed(derive_seed(cfg.seed, "init"))  # model init: same on every rank
+    return parser, cfg, parser.instantiate_classes(cfg)
+
+
+def execute(parser: ArgumentParser, cfg, init) -> dict:
+    """Builds the federation and the Fabric processes from a prepared config, then runs it."""
+    callbacks = init.callbacks or []
+    fabric = _make_fabric(cfg, callbacks)
+    _set_threads(cfg.threads, fabric)
+    run_dir = Path(cfg.run_dir)
+    resume = _resolve_resume(cfg.resume, run_dir)
+    splits = init.data.load()
+    data = build_federated(splits, init.partition, init.fed.num_clients, init.fed.aux_per_class, cfg.seed)
+    _check_model(init.model, data)
+    for cb in callbacks:
+        if hasattr(cb, "validate"):
+            cb.validate(init.model)
+    logger = RunLogger(init.logger, run_dir, fabric.is_global_zero, run_config=cfg.as_dict())
+    if fabric.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
+    sim = Simulation(fabric, data, init.model, SimulationConfig(init.fed, init.client, cfg.seed, run_dir),
+                     init.aggregator, init.attack, callbacks, logger)
+    return sim.run(resume)
+
+
+def _make_fabric(cfg, callbacks: list[Callback]):
+    from lightning.fabric import Fabric
+
+    if os.environ.get("LT_CLI_USED"):  # `fabric run` owns the hardware and started the processes
+        return Fabric(callbacks=callbacks)
+    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+                    num_nodes=cfg.num_nodes, callbacks=callbacks)
+    fabric.launch()
+    return fabric
+
+
+def _set_threads(threads: Optional[int], fabric) -> None:
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    local = max(1, fabric.world_size // max(1, getattr(fabric, "num_nodes", 1)))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local))
+
+
+def _resolve_resume(resume: Optional[str], run_dir: Path) -> Optional[str]:
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = run_dir / "checkpoints" / "last.ckpt"
+        return str(path) if path.exists() else None
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"resume: checkpoint {resume!r} does not exist (give a path or 'auto')")
+    return resume
+
+
+def _check_model(model: nn.Module, data) -> None:
+    """Fails before training when the model does not fit the data's image shape or classes."""
+    x = data.test.x[:1]
+    try:
+        with torch.no_grad():
+            out = model.eval()(data.normalize(x))
+    except RuntimeError as err:
+        raise ValueError(f"model: {type(model).__name__} cannot take inputs of shape {tuple(x.shape[1:])} "
+                         f"from data {data.name}: {err}") from err
+    model.train()
+    if out.shape[-1] != data.num_classes:
+        raise ValueError(f"model: {type(model).__name__} outputs {out.shape[-1]} classes, data {data.name} has "
+                         f"{data.num_classes}; set model.init_args.num_classes: {data.num_classes}")
+
+
+def cli() -> None:
+    """Console entry point: clear one-line errors for bad input instead of tracebacks."""
+    from jsonargparse import ArgumentError
+
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError, ArgumentError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

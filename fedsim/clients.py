@@ -1,0 +1,123 @@
+"""Honest local training, as a pure function of its inputs.
+
+``local_train(model, layout, global_params, data, config, seed_keys)`` gives the same update for
+the same (global model, client data, config, seed, round, client id) on any rank and in any
+process count: shuffling uses a generator seeded from (seed, round, client_id, "train"), and
+dropout draws from the global RNG, which is re-seeded from the same keys inside ``fork_rng`` so
+nothing leaks between clients. Batches are sliced from in-memory tensors (no DataLoader start-up
+per client). A malicious client is the same loop with an ``Attack``'s hooks switched on.
+
+BatchNorm buffers: clients train in train mode, so their running statistics move; they travel in
+the update's buffer part (see ``fedsim.params``) and the server averages them by sample count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedsim.params import ParamLayout
+from fedsim.runtime.seeding import derive_seed, generator
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class ClientConfig:
+    """Local training of every client.
+
+    Args:
+        optimizer: "sgd" or "adam".
+        lr: local learning rate.
+        momentum: SGD momentum (ignored by Adam).
+        weight_decay: L2 penalty.
+        epochs: local epochs per round.
+        batch_size: local batch size.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    epochs: int = 1
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"client.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"client.lr must be > 0, got {self.lr}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ValueError("client.momentum and client.weight_decay must be >= 0")
+        if self.epochs < 1:
+            raise ValueError(f"client.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"client.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class ClientResult:
+    update: Tensor  # [numel]: trained state - global state (weights and float buffers)
+    num_samples: int
+    loss: float  # mean training loss over the last epoch
+
+
+def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def local_train(
+    model: nn.Module,
+    layout: ParamLayout,
+    global_params: Tensor,
+    x: Tensor,
+    y: Tensor,
+    config: ClientConfig,
+    seed: int,
+    round: int,
+    client_id: int,
+    normalize: Callable[[Tensor], Tensor],
+    attack=None,
+    attack_ctx=None,
+) -> ClientResult:
+    """Trains ``model`` from ``global_params`` on (x, y) and returns the update.
+
+    ``x`` holds raw pixels in [0, 1]; poisoning happens on raw pixels, then ``normalize``.
+    ``attack`` (a ``fedsim.attacks.Attack``) and ``attack_ctx`` (its ``ClientContext``) are given
+    only for a client that attacks in this round.
+    """
+    layout.load(model, global_params)
+    model.train()
+    lr = attack.lr if attack is not None and attack.lr is not None else config.lr
+    epochs = attack.epochs if attack is not None and attack.epochs is not None else config.epochs
+    opt = make_optimizer(model.parameters(), config.optimizer, lr, config.momentum, config.weight_decay)
+    gen = generator(seed, round, client_id, "train")
+    n, bs = len(y), config.batch_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, round, client_id, "dropout"))
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=gen).to(x.device)
+            total = torch.zeros((), device=x.device)
+            for start in range(0, n, bs):
+                idx = perm[start : start + bs]
+                xb, yb = x[idx], y[idx]
+                if attack is not None:
+                    xb, yb = attack.poison_batch(xb, yb, attack_ctx, gen)
+                loss = F.cross_entropy(model(normalize(xb)), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if attack is not None:
+                    attack.after_step(model, attack_ctx)
+                total += loss.detach() * len(idx)
+    update = layout.flatten(model) - global_params
+    if attack is not None:
+        w = layout.num_weights
+        update[:w] = attack.shape_update(update[:w], attack_ctx)
+    return ClientResult(update, n, float(total) / max(n, 1))

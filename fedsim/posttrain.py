@@ -1,0 +1,64 @@
+"""Post-training defenses: repair the final global model on the server's auxiliary data.
+
+A post-training defense (FLAIN, fine-pruning, server fine-tuning, ...) subclasses
+``PostTrainingDefense`` and implements ``repair``. The shared ``on_train_end`` then does what every
+such defense must do the same way, so that they sit side by side in one results table:
+
+1. evaluate the trained model theta_T (clean ACC, ASR, aux accuracy) - "before";
+2. call ``repair`` on rank 0 (timed), broadcast the repaired vector to every rank;
+3. evaluate it - "after"; write ``<name>_repaired.pt`` (atomically) and a ``summary[name]`` block
+   with stable keys; log the before/after figures.
+
+Every defense starts from the same theta_T (``simulation.trained_params``), never from another
+defense's output, unless ``apply=True`` makes its result the simulation's final model.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedsim.callbacks import Callback
+
+
+class PostTrainingDefense(Callback):
+    """Base class. Args: apply: make the repaired model the simulation's final global model."""
+
+    name = "defense"
+
+    def __init__(self, apply: bool = True) -> None:
+        self.apply = apply
+
+    def repair(self, simulation) -> tuple[Tensor, dict[str, Any]]:
+        """Rank 0 only. Returns (repaired full parameter vector [numel], info dict of floats/ints/
+        lists that goes into ``summary[name]``)."""
+        raise NotImplementedError
+
+    def on_train_end(self, fabric, simulation) -> None:
+        theta_t = simulation.trained_params
+        before = simulation.evaluate(theta_t)
+        info: dict[str, Any] = {}
+        repaired = torch.empty_like(theta_t)
+        if fabric.is_global_zero:
+            start = time.perf_counter()
+            repaired, info = self.repair(simulation)
+            info["seconds"] = time.perf_counter() - start
+        repaired = simulation.broadcast(repaired)
+        after = simulation.evaluate(repaired)
+        block = {**info}
+        for key in ("acc", "asr", "aux_acc"):
+            if key in before:
+                block[f"{key}_before"] = before[key]
+                block[f"{key}_after"] = after[key]
+        simulation.summary[self.name] = block
+        if self.apply:
+            simulation.set_global(repaired)
+        if fabric.is_global_zero:
+            simulation.save_params(repaired, f"{self.name}_repaired.pt")
+            simulation.logger.log_metrics(
+                {f"{self.name}/{k}": v for k, v in block.items() if isinstance(v, (int, float))},
+                step=simulation.rounds,
+            )

@@ -1,0 +1,362 @@
+"""The federated round loop (SPMD: every rank runs the same loop).
+
+    for round r:
+      SAMPLE     cohort = f(seed, r), identical on every rank, no communication
+      SHARD      my positions = cohort positions [rank::world]
+      TRAIN      each of my clients: update = local_train(global, data_c, (seed, r, c))
+      GATHER     every client's row [client_id, samples, loss, update] reaches every rank
+      AGGREGATE  rank 0: drop non-finite rows, rule on the weights, sample-weighted mean of buffers
+      BROADCAST  the new global model from rank 0
+      EVALUATE   clean ACC / loss / per-class ACC, aux ACC, ASR; each rank a shard, counts summed
+      LOG        rank 0: metrics.csv / W&B, progress bar, atomic checkpoint
+    after the last round: callbacks' on_train_end (FLAIN and other post-training defenses)
+
+Rows are sorted by client id before aggregation, so the aggregator sees the same matrix in the
+same order for any number of processes: 1 process and N processes give the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from fedsim.aggregators.base import Aggregator, RoundContext, ServerContext
+from fedsim.aggregators.functional import drop_nonfinite, weighted_mean
+from fedsim.attacks.base import AttackContext, ClientContext
+from fedsim.callbacks import Callback
+from fedsim.clients import ClientConfig, local_train
+from fedsim.loggers import LoggerConfig, RunLogger
+from fedsim.metrics import clean_counts, rate, summarize_clean, target_hits
+from fedsim.params import ParamLayout
+from fedsim.runtime import dist
+from fedsim.runtime.checkpoint import load_checkpoint, save_atomic
+from fedsim.runtime.seeding import derive_seed, generator
+
+META = 3  # columns before the update in a gathered row: client id, samples, loss
+
+
+@dataclass
+class FedConfig:
+    """The federation.
+
+    Args:
+        num_clients: clients in the population.
+        rounds: communication rounds.
+        clients_per_round: cohort size per round (exclusive with fraction).
+        fraction: cohort size as a fraction of num_clients, in (0, 1] (exclusive with clients_per_round).
+        eval_every: evaluate every this many rounds (the last round is always evaluated).
+        checkpoint_every: write the checkpoint every this many rounds (0 = only at the end).
+        aux_per_class: samples per class in the server's auxiliary clean set (FLAIN's default 80).
+    """
+
+    num_clients: int = 100
+    rounds: int = 10
+    clients_per_round: Optional[int] = None
+    fraction: Optional[float] = None
+    eval_every: int = 1
+    checkpoint_every: int = 1
+    aux_per_class: int = 80
+
+    def __post_init__(self) -> None:
+        if self.num_clients < 1:
+            raise ValueError(f"fed.num_clients must be >= 1, got {self.num_clients}")
+        if self.rounds < 0:
+            raise ValueError(f"fed.rounds must be >= 0, got {self.rounds}")
+        if self.clients_per_round is not None and self.fraction is not None:
+            raise ValueError("fed.clients_per_round and fed.fraction are exclusive: set one of them")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"fed.fraction must be in (0, 1], got {self.fraction}")
+        if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
+            raise ValueError(f"fed.clients_per_round must be in [1, fed.num_clients={self.num_clients}], "
+                             f"got {self.clients_per_round}")
+        if self.eval_every < 1 or self.checkpoint_every < 0:
+            raise ValueError("fed.eval_every must be >= 1 and fed.checkpoint_every >= 0")
+        if self.aux_per_class < 0:
+            raise ValueError(f"fed.aux_per_class must be >= 0, got {self.aux_per_class}")
+
+    @property
+    def cohort_size(self) -> int:
+        if self.clients_per_round is not None:
+            return self.clients_per_round
+        if self.fraction is not None:
+            return max(1, round(self.fraction * self.num_clients))
+        return min(10, self.num_clients)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    fed: FedConfig
+    client: ClientConfig
+    seed: int
+    run_dir: Path
+
+
+def sample_cohort(seed: int, round: int, num_clients: int, size: int) -> list[int]:
+    """Sorted client ids of round ``round``'s cohort: a pure function of (seed, round)."""
+    perm = torch.randperm(num_clients, generator=generator(seed, round, "cohort"))
+    return sorted(perm[:size].tolist())
+
+
+class Simulation:
+    """Runs federated training on every rank; see the module docstring for the round."""
+
+    def __init__(self, fabric, data, model: nn.Module, config: SimulationConfig, aggregator: Aggregator,
+                 attack=None, callbacks: Optional[list[Callback]] = None, logger: Optional[RunLogger] = None) -> None:
+        self.fabric, self.config = fabric, config
+        self.fed, self.client_config = config.fed, config.client
+        self.device = fabric.device
+        self.data = data.to(self.device)
+        self.model = model.to(self.device)
+        self.layout = ParamLayout(self.model)
+        self.aggregator, self.attack = aggregator, attack
+        self.callbacks = callbacks or []
+        self.run_dir = Path(config.run_dir)
+        self.logger = logger or RunLogger(LoggerConfig(), self.run_dir, fabric.is_global_zero)
+        self.theta0 = self.layout.flatten(self.model)  # initial global model (FLAIN needs it)
+        self.global_params = self.theta0.clone()
+        self.prev_global: Optional[Tensor] = None
+        self.trained_params = self.global_params
+        self.start_round = 0
+        self.rounds = 0
+        self.summary: dict[str, Any] = {}
+        self.asr_set = None
+
+    # ----------------------------------------------------------------- setup
+    def normalize(self, x: Tensor) -> Tensor:
+        return self.data.normalize(x)
+
+    def make_model(self) -> nn.Module:
+        model = _clone_module(self.model)
+        self.layout.load(model, self.global_params)
+        return model
+
+    def setup(self, resume: Optional[str] = None) -> None:
+        """Connects the components (facts known only now) and restores a checkpoint."""
+        fed = self.fed
+        self.aggregator.connect(ServerContext(self.layout, self.device, fed.num_clients, self.config.seed))
+        if self.attack is not None:
+            self.attack.connect(AttackContext(
+                image_shape=tuple(self.data.image_shape), num_classes=self.data.num_classes,
+                num_clients=fed.num_clients, cohort_size=fed.cohort_size, rounds=fed.rounds,
+                seed=self.config.seed, layout=self.layout, server_lr=getattr(self.aggregator, "server_lr", 1.0)))
+            test_set = self.attack.test_set(self.data.test.x, self.data.test.y)
+            self.asr_set = tuple(t.to(self.device) for t in test_set) if test_set is not None else None
+        wandb_id = None
+        if resume is not None:
+            state = load_checkpoint(resume)
+            if state["global_params"].numel() != self.layout.numel:
+                raise ValueError(f"resume: checkpoint {resume!r} holds {state['global_params'].numel()} parameters, "
+                                 f"the configured model has {self.layout.numel}")
+            self.global_params = state["global_params"].to(self.device)
+            self.theta0 = state["theta0"].to(self.device)
+            self.prev_global = state["prev_global"].to(self.device) if state.get("prev_global") is not None else None
+            self.start_round = int(state["round"])
+            self.aggregator.load_state_dict(state.get("aggregator", {}))
+            if self.attack is not None:
+                self.attack.load_state_dict(state.get("attack", {}))
+            wandb_id = state.get("wandb_id")
+        self.rounds = self.start_round
+        self.logger.start(self.start_round, wandb_id)
+
+    # ----------------------------------------------------------------- the loop
+    def run(self, resume: Optional[str] = None) -> dict[str, Any]:
+        fabric, fed = self.fabric, self.fed
+        self.setup(resume)
+        fabric.call("on_train_start", fabric, self)
+        bar = _progress(fabric, self.start_round, fed.rounds)
+        metrics: dict[str, Any] = {}
+        for r in range(self.start_round, fed.rounds):
+            start = time.perf_counter()
+            # SAMPLE: the same cohort and attackers on every rank, no communication
+            cohort = sample_cohort(self.config.seed, r, fed.num_clients, fed.cohort_size)
+            malicious = self._malicious(r, cohort)
+            # SHARD + TRAIN: this rank's positions of the cohort
+            mine = dist.shard(list(range(len(cohort))), fabric.global_rank, fabric.world_size)
+            rows = self._train_clients(r, cohort, malicious, mine)
+            # GATHER: rows of all clients, sorted by client id (= cohort order)
+            max_rows = math.ceil(len(cohort) / fabric.world_size)
+            gathered = dist.gather_rows(fabric, rows, max_rows)
+            gathered = gathered[gathered[:, 0].argsort()]
+            # AGGREGATE on the coordinator, then BROADCAST
+            new_global, metrics = self._aggregate(r, gathered, malicious)
+            new_global = dist.broadcast(fabric, new_global)
+            self.prev_global, self.global_params = self.global_params, new_global
+            self.rounds = r + 1
+            # EVALUATE (collective) and LOG (rank 0)
+            metrics["round_seconds"] = time.perf_counter() - start
+            metrics["malicious_in_cohort"] = int(malicious.sum())
+            if (r + 1) % fed.eval_every == 0 or r + 1 == fed.rounds:
+                metrics.update(self._scalars(self.evaluate(self.global_params)))
+            self.logger.log_metrics(metrics, step=r)
+            if fed.checkpoint_every and (r + 1) % fed.checkpoint_every == 0:
+                self.save_checkpoint()
+            fabric.call("on_round_end", fabric, self, r, metrics)
+            _advance(bar, metrics)
+        if bar is not None:
+            bar.close()
+        return self._finish()
+
+    def _malicious(self, r: int, cohort: list[int]) -> Tensor:
+        if self.attack is None:
+            return torch.zeros(len(cohort), dtype=torch.bool)
+        return self.attack.malicious(r, torch.tensor(cohort, dtype=torch.long)).cpu()
+
+    def _train_clients(self, r: int, cohort: list[int], malicious: Tensor, mine: list[int]) -> Tensor:
+        rows = torch.empty(len(mine), META + self.layout.numel, device=self.device)
+        prev_update = None
+        if self.prev_global is not None:
+            prev_update = (self.global_params - self.prev_global)[: self.layout.num_weights]
+        attacker_rank = malicious.long().cumsum(0) - 1
+        for i, pos in enumerate(mine):
+            cid = cohort[pos]
+            split = self.data.client(cid)
+            attack = ctx = None
+            if malicious[pos]:
+                attack = self.attack
+                ctx = ClientContext(
+                    round=r, client_id=cid, global_weights=self.global_params[: self.layout.num_weights],
+                    prev_global_update=prev_update, num_samples=len(split.y), cohort_size=len(cohort),
+                    attacker_rank=int(attacker_rank[pos]), num_attackers=int(malicious.sum()))
+            res = local_train(self.model, self.layout, self.global_params, split.x, split.y, self.client_config,
+                              self.config.seed, r, cid, self.normalize, attack, ctx)
+            rows[i, 0], rows[i, 1], rows[i, 2] = cid, res.num_samples, res.loss
+            rows[i, META:] = res.update
+        return rows
+
+    def _aggregate(self, r: int, rows: Tensor, malicious: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """Rank 0 aggregates; other ranks return a placeholder that the broadcast overwrites."""
+        metrics: dict[str, Any] = {"train_loss": float(weighted_mean(rows[:, 2:3], rows[:, 1])[0])}
+        if not self.fabric.is_global_zero:
+            return torch.empty_like(self.global_params), metrics
+        w = self.layout.num_weights
+        updates, weights, keep = drop_nonfinite(rows[:, META:], rows[:, 1])
+        metrics["dropped_nonfinite"] = int((~keep).sum())
+        if len(weights) == 0:  # nothing usable arrived: keep the global model
+            return self.global_params.clone(), metrics
+        ids = rows[:, 0].long()[keep]
+        mal = malicious.to(self.device)[keep]
+        ctx = RoundContext(r, self.global_params[:w], ids, generator(self.config.seed, r, "aggregate"),
+                           server_update=lambda: self._server_update(r), malicious=mal)
+        result = self.aggregator.aggregate(updates[:, :w], weights, ctx)
+        buffers = weighted_mean(updates[:, w:], weights) if self.layout.num_buffers else updates.new_zeros(0)
+        metrics.update(result.metrics)
+        if result.accepted is not None:
+            metrics.update(_detection(result.accepted.cpu(), mal.cpu()))
+        return self.global_params + torch.cat([result.update, buffers]), metrics
+
+    def _server_update(self, r: int) -> Tensor:
+        """The server trains the global model on its auxiliary (root) data (FLTrust's g0)."""
+        aux = self.data.aux
+        res = local_train(_clone_module(self.model), self.layout, self.global_params, aux.x, aux.y,
+                          self.client_config, self.config.seed, r, -1, self.normalize)
+        return res.update[: self.layout.num_weights]
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self, params: Tensor) -> dict[str, Any]:
+        """Clean ACC, loss, per-class ACC, aux ACC and ASR of ``params``. A collective: each rank
+        evaluates a shard of each set and the counts are summed."""
+        rank, world = self.fabric.global_rank, self.fabric.world_size
+        self.layout.load(self.model, params)
+        self.model.eval()
+        test, aux, n = self.data.test, self.data.aux, self.data.num_classes
+        conf, loss = clean_counts(self.model, test.x[rank::world], test.y[rank::world], self.normalize, n)
+        aux_conf, _ = clean_counts(self.model, aux.x[rank::world], aux.y[rank::world], self.normalize, n)
+        parts = [conf.flatten(), loss, aux_conf.flatten()]
+        if self.asr_set is not None:
+            x, t = self.asr_set
+            parts.append(target_hits(self.model, x[rank::world], t[rank::world], self.normalize))
+        flat = dist.all_reduce_sum(self.fabric, torch.cat(parts))
+        conf, loss = flat[: n * n].view(n, n), flat[n * n : n * n + 1]
+        aux_conf = flat[n * n + 1 : 2 * n * n + 1].view(n, n)
+        out = summarize_clean(conf, loss)
+        out["aux_acc"] = summarize_clean(aux_conf, loss)["acc"] if len(aux.y) else float("nan")
+        if self.asr_set is not None:
+            out["asr"] = rate(flat[2 * n * n + 1 :])
+        self.model.train()
+        return out
+
+    @staticmethod
+    def _scalars(result: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in result.items() if k != "per_class_acc"}
+        out.update({f"class_acc/{i}": a for i, a in enumerate(result.get("per_class_acc", []))})
+        return out
+
+    # ----------------------------------------------------------------- end of training
+    def _finish(self) -> dict[str, Any]:
+        self.trained_params = self.global_params.clone()
+        final = self.evaluate(self.trained_params)
+        self.summary.update({"rounds": self.rounds, "final": final, "num_parameters": self.layout.num_weights})
+        self.save_checkpoint()  # theta_T, before any post-training defense changes the model
+        self.fabric.call("on_train_end", self.fabric, self)
+        if self.fabric.is_global_zero:
+            self.save_params(self.global_params, "final_model.pt")
+            _write_json(self.run_dir / "summary.json", self.summary)
+        self.logger.finish()
+        return self.summary
+
+    # ----------------------------------------------------------------- helpers for callbacks
+    def broadcast(self, tensor: Tensor) -> Tensor:
+        return dist.broadcast(self.fabric, tensor.to(self.device))
+
+    def set_global(self, vec: Tensor) -> None:
+        self.global_params = vec.to(self.device)
+
+    def save_params(self, vec: Tensor, filename: str) -> Path:
+        state = {"params": vec.cpu(), "theta0": self.theta0.cpu(), "names": [e.name for e in self.layout.entries]}
+        return save_atomic(state, self.run_dir / filename)
+
+    def save_checkpoint(self) -> None:
+        if not self.fabric.is_global_zero:
+            return
+        prev = self.prev_global.cpu() if self.prev_global is not None else None
+        state = {"global_params": self.global_params.cpu(), "theta0": self.theta0.cpu(), "prev_global": prev, "round": self.rounds,
+                 "aggregator": self.aggregator.state_dict(),
+                 "attack": self.attack.state_dict() if self.attack is not None else {},
+                 "wandb_id": self.logger.wandb_id, "seed": self.config.seed}
+        save_atomic(state, self.run_dir / "checkpoints" / "last.ckpt")
+
+
+def _clone_module(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _detection(accepted: Tensor, malicious: Tensor) -> dict[str, float]:
+    """Detection scores of a rule that accepts/rejects clients, against the schedule's truth."""
+    rejected = ~accepted
+    tp = int((rejected & malicious).sum())
+    fp = int((rejected & ~malicious).sum())
+    out = {"detect/accepted": int(accepted.sum()), "detect/fpr": fp / max(int((~malicious).sum()), 1)}
+    if malicious.any():
+        out["detect/tpr"] = tp / int(malicious.sum())
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def _progress(fabric, start: int, total: int):
+    if not fabric.is_global_zero or start >= total:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="rounds", dynamic_ncols=True)
+
+
+def _advance(bar, metrics: dict[str, Any]) -> None:
+    if bar is None:
+        return
+    shown = {k: f"{metrics[k]:.4f}" for k in ("acc", "asr") if k in metrics}
+    bar.set_postfix(shown)
+    bar.update(1)

@@ -1,0 +1,173 @@
+"""Input-neuron activations of one layer, and the network split around that layer.
+
+FLAIN (Ding, Yang, Huang, "FLAIN: Mitigating Backdoor Attacks in Federated Learning via
+Flipping Weight Updates of Low-Activation Input Neurons", ICMR 2025, arXiv 2408.08655) ranks the
+*input* neurons of a layer by their mean activation on clean auxiliary data. Its threshold search
+then evaluates many variants of that one layer. Everything before the layer is the same for all
+of them, so we run it once and cache what the rest of the network needs ("head"), and evaluate
+each variant only through the layers after it ("tail"):
+
+* fast path: ``torch.fx`` traces the model; the head returns the layer's input plus every other
+  value that later nodes read (skip connections); the tail takes the layer's *output* as input.
+* fallback (models fx cannot trace): a forward pre-hook caches the layer's input, and the tail is
+  the full model with a forward hook that swaps the layer's output for the one we computed.
+  Correct for any model that calls the layer once per forward, but it re-runs the head.
+
+Supported layers: ``nn.Linear`` (input neurons = last dimension) and, as an extension,
+``nn.Conv2d`` with ``groups == 1`` (input neurons = input channels, dimension 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A layer FLAIN can repair: its name, module, and the dimension of its input neurons."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def channel_dim(self) -> int:
+        return -1 if isinstance(self.module, nn.Linear) else 1
+
+    def apply(self, x: Tensor, w: Tensor) -> Tensor:
+        """The layer's map without bias: ``x @ w.T`` or ``conv2d(x, w)``."""
+        m = self.module
+        if isinstance(m, nn.Linear):
+            return F.linear(x, w)
+        return F.conv2d(x, w, None, m.stride, m.padding, m.dilation)
+
+    def add_bias(self, u: Tensor, bias: Tensor | None) -> Tensor:
+        if bias is None:
+            return u
+        return u + (bias if self.channel_dim == -1 else bias.view(1, -1, 1, 1))
+
+    def mean_activation(self, x: Tensor) -> Tensor:
+        """Mean of ``x`` over every dimension but the input-neuron one: float32 ``[in]``."""
+        xd = x.double().movedim(self.channel_dim, -1)
+        return xd.reshape(-1, xd.shape[-1]).mean(0).float()
+
+
+def repairable_layers(model: nn.Module) -> list[str]:
+    """Names of the modules FLAIN can repair (``nn.Linear``; ``nn.Conv2d`` with groups 1)."""
+    return [n for n, m in model.named_modules() if _supported(m)]
+
+
+def _supported(m: nn.Module) -> bool:
+    if isinstance(m, nn.Conv2d):
+        return m.groups == 1 and m.padding_mode == "zeros"
+    return isinstance(m, nn.Linear)
+
+
+def resolve_layer(model: nn.Module, name: str) -> LayerSpec:
+    """The ``LayerSpec`` of module ``name``; ValueError listing the valid names otherwise."""
+    module = dict(model.named_modules()).get(name)
+    if module is None or not _supported(module):
+        raise ValueError(f"flain.layers: {name!r} is not a repairable layer of "
+                         f"{type(model).__name__}; choose from {repairable_layers(model)}")
+    return LayerSpec(name, module)
+
+
+@dataclass
+class LayerCache:
+    """What the head produced for the whole auxiliary set: the layer's input ``x`` and the other
+    values the tail reads (``extras``, one tensor per value, batch first)."""
+
+    x: Tensor
+    extras: list[Tensor]
+
+
+class NetworkSplit:
+    """Head/tail split of ``model`` around layer ``spec`` (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, spec: LayerSpec) -> None:
+        self.model, self.spec = model, spec
+        try:
+            self.head, self.tail = _fx_split(model, spec.name)
+            self.fast = True
+        except Exception:  # untraceable model (data-dependent control flow): use the hooks
+            self.fast = False
+
+    @torch.no_grad()
+    def capture(self, x: Tensor, batch_size: int) -> LayerCache:
+        """Runs the head over ``x`` (already normalised) in batches; model in eval mode."""
+        self.model.eval()
+        outs = [self._head(xb) for xb in x.split(batch_size)]
+        return LayerCache(torch.cat([o[0] for o in outs]),
+                          [torch.cat([o[i] for o in outs]) for i in range(1, len(outs[0]))])
+
+    @torch.no_grad()
+    def logits(self, z: Tensor, extras: list[Tensor], x: Tensor | None) -> Tensor:
+        """Model output when the layer outputs ``z``. The fallback needs the batch input ``x``."""
+        if self.fast:
+            return self.tail(z, *extras)
+        handle = self.spec.module.register_forward_hook(lambda m, i, o: z)
+        try:
+            return self.model(x)
+        finally:
+            handle.remove()
+
+    def _head(self, xb: Tensor) -> list[Tensor]:
+        if self.fast:
+            return list(self.head(xb))
+        seen: list[Tensor] = []
+        handle = self.spec.module.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+        try:
+            self.model(xb)
+        finally:
+            handle.remove()
+        if len(seen) != 1:
+            raise ValueError(f"flain.layers: {self.spec.name!r} runs {len(seen)} times per "
+                             "forward pass; FLAIN needs a layer that runs exactly once")
+        return seen
+
+
+def _fx_split(model: nn.Module, name: str) -> tuple[fx.GraphModule, fx.GraphModule]:
+    gm = fx.symbolic_trace(model)
+    nodes = list(gm.graph.nodes)
+    calls = [n for n in nodes if n.op == "call_module" and n.target == name]
+    if len(calls) != 1 or len(calls[0].args) != 1 or calls[0].kwargs:
+        raise RuntimeError("layer must be called once, with one positional input")
+    target = calls[0]
+    before = nodes[: nodes.index(target)]
+    after = set(nodes[nodes.index(target):])
+    dynamic = _input_dependent(before)
+    frontier = [n for n in before if n in dynamic and any(u in after for u in n.users)]
+    frontier = [n for n in frontier if n is not target.args[0]]
+
+    head = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in before:
+        if n.op != "output":
+            env[n] = head.node_copy(n, lambda a: env[a])
+    head.output(tuple(env[n] for n in [target.args[0], *frontier]))
+
+    tail = fx.Graph()
+    env = {target: tail.placeholder("layer_out")}
+    env.update({n: tail.placeholder(f"extra_{i}") for i, n in enumerate(frontier)})
+    for n in before:  # batch-independent values (get_attr chains): recomputed, DCE prunes
+        if n not in dynamic:
+            env[n] = tail.node_copy(n, lambda a: env[a])
+    for n in nodes[nodes.index(target) + 1:]:
+        env[n] = tail.node_copy(n, lambda a: env[a])
+    for g in (head, tail):
+        g.eliminate_dead_code()
+    return fx.GraphModule(gm, head), fx.GraphModule(gm, tail)
+
+
+def _input_dependent(nodes: list[fx.Node]) -> set[fx.Node]:
+    """Nodes whose value depends on a placeholder (the batch), in topological order."""
+    dyn: set[fx.Node] = set()
+    for n in nodes:
+        if n.op == "placeholder" or any(a in dyn for a in n.all_input_nodes):
+            dyn.add(n)
+    return dyn
+

@@ -1,0 +1,245 @@
+"""FLAIN as pure functions: flip the updates of low-activation input neurons, search the threshold.
+
+Ding, Yang, Huang, "FLAIN: Mitigating Backdoor Attacks in Federated Learning via Flipping Weight
+Updates of Low-Activation Input Neurons", ICMR 2025 (arXiv 2408.08655); authors' scripts:
+github dingbinb/FLAIN ``src/defense_*(FLAIN).py``.
+
+For a layer with initial weights ``W0``, trained weights ``WT = W0 + D`` and mean input-neuron
+activations ``a`` on clean auxiliary data, threshold ``k`` gives
+
+    W_k[:, j] = W0[:, j] - D[:, j]   if 0 <= a_j <= k        (the update of neuron j is flipped)
+    W_k[:, j] = W0[:, j] + D[:, j]   otherwise               (bias untouched, as in the scripts)
+
+Two searches over ``k`` (``search_threshold``), both measuring the aux-accuracy drop against the
+model before FLAIN:
+
+* ``"reference"``: the scripts' loop. ``k = k_init, k_init + k_step, ...`` (Python float
+  accumulation) while ``k <= k_cap``; stop at the FIRST ``k`` with ``drop >= tolerance`` and keep
+  it. The search is done without rescaling; the chosen layer is then rescaled to the Frobenius
+  norm of ``WT``. If no ``k`` reaches the tolerance, the scripts leave the last ``k``'s flips in
+  place without rescaling (and then crash printing ``None``); we keep those flips, do not rescale,
+  and set ``tolerance_reached=False``. The scripts' values: MNIST/EMNIST k_init 0.001, step 0.001,
+  tolerance 0; Fashion-MNIST 0.0005 / 0.0001 / 0.024; CIFAR-10 0.001 / 0.0001 / 0.001; cap 1.
+* ``"exact"`` (default): only thresholds at which a neuron crosses change anything, so visit the
+  sorted distinct activations in ``[0, k_cap]``; keep the LAST ``k`` whose drop stays within the
+  tolerance (``drop <= tolerance``), stopping at the first that exceeds it. With ``rescale`` the
+  rescaled layer is what is evaluated, so the returned model honours the tolerance.
+
+Several layers are repaired one after another, in the order given: each layer's activations are
+measured on the model with the earlier layers already repaired, and every layer's drop is
+measured against the accuracy before FLAIN, so in exact mode the total drop stays within the
+tolerance. Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fedsim.params import ParamLayout
+from flain.activations import LayerSpec, NetworkSplit, resolve_layer
+
+MODES = ("exact", "reference")
+
+
+def flip_mask(act: Tensor, k: Optional[float]) -> Tensor:
+    """Input neurons whose update is flipped at threshold ``k``: ``0 <= act <= k`` (none if None).
+    ``act <= k`` compares in ``act``'s dtype, like the scripts' per-element test."""
+    if k is None:
+        return torch.zeros_like(act, dtype=torch.bool)
+    return (act >= 0) & (act <= k)
+
+
+def flip_columns(w0: Tensor, delta: Tensor, act: Tensor, k: Optional[float]) -> Tensor:
+    """``W0 + delta`` with the input-neuron slices (dim 1) where ``0 <= act <= k`` set to
+    ``W0 - delta``. Works for Linear ``[out, in]`` and Conv2d ``[out, in, kh, kw]`` weights."""
+    w = w0 + delta
+    mask = flip_mask(act, k)
+    w[:, mask] = w0[:, mask] - delta[:, mask]
+    return w
+
+
+@dataclass
+class ThresholdResult:
+    """Outcome of the threshold search for one layer.
+
+    ``curve`` holds ``(k, aux_acc, n_flipped)`` for every distinct flipped set the search
+    evaluated, in the order visited; ``aux_acc_after`` is the accuracy of the returned layer
+    (after rescaling, when done); ``k`` is None when no neuron is flipped."""
+
+    k: Optional[float]
+    flipped: int
+    total: int
+    aux_acc_before: float
+    aux_acc_search: float
+    tolerance_reached: bool
+    mode: str
+    curve: list[tuple[float, float, int]] = field(default_factory=list)
+    layer: str = ""
+    aux_acc_after: float = float("nan")
+    rescaled: bool = False
+    fast_path: bool = True
+
+
+def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: str = "exact",
+                     k_init: float = 0.001, k_step: float = 0.0001, k_cap: float = 1.0,
+                     tolerance: float = 0.001, acc_before: Optional[float] = None
+                     ) -> ThresholdResult:
+    """Searches the flip threshold. ``aux_acc(mask)`` returns the aux accuracy with the input
+    neurons in ``mask`` (bool ``[in]``) flipped; ``acc_before`` defaults to ``aux_acc(no flips)``.
+    The flipped sets are nested (the first n neurons by activation), so each is evaluated once."""
+    if mode not in MODES:
+        raise ValueError(f"flain.mode must be one of {MODES}, got {mode!r}")
+    order = torch.argsort(act, stable=True)
+    cache: dict[int, float] = {}
+
+    def acc_of(n: int) -> float:  # accuracy with the n lowest eligible neurons flipped
+        if n not in cache:
+            mask = torch.zeros_like(act, dtype=torch.bool)
+            mask[order[(act[order] < 0).sum():][:n]] = True
+            cache[n] = aux_acc(mask)
+        return cache[n]
+
+    acc0 = acc_of(0) if acc_before is None else acc_before
+    search = _reference if mode == "reference" else _exact
+    k, n, reached, curve = search(act, acc_of, acc0, k_init, k_step, k_cap, tolerance)
+    return ThresholdResult(k, n, act.numel(), acc0, acc_of(n), reached, mode, curve)
+
+
+def _exact(act, acc_of, acc0, k_init, k_step, k_cap, tolerance):
+    candidates = torch.unique(act[(act >= 0) & (act <= k_cap)])  # sorted ascending
+    k, n, curve = None, 0, []
+    for v in candidates.tolist():
+        n_v = int(flip_mask(act, v).sum())
+        acc = acc_of(n_v)
+        curve.append((v, acc, n_v))
+        if acc0 - acc > tolerance + 1e-12:
+            return k, n, True, curve
+        k, n = v, n_v
+    return k, n, False, curve
+
+
+def _reference(act, acc_of, acc0, k_init, k_step, k_cap, tolerance):
+    ks, k = [], k_init
+    while k <= k_cap:  # the scripts' float accumulation, reproduced step by step
+        ks.append(k)
+        k += k_step
+    eligible = torch.sort(act[act >= 0]).values
+    counts = torch.searchsorted(eligible, torch.tensor(ks, dtype=act.dtype), right=True)
+    curve, last = [], -1
+    for k, n_k in zip(ks, counts.tolist()):
+        acc = acc_of(n_k)
+        if n_k != last:
+            curve.append((k, acc, n_k))
+            last = n_k
+        if tolerance <= acc0 - acc:
+            if curve[-1][0] != k:
+                curve.append((k, acc, n_k))
+            return k, n_k, True, curve
+    return (ks[-1], int(counts[-1]), False, curve) if ks else (None, 0, False, curve)
+
+
+class FlipEvaluator:
+    """Aux accuracy of the model with one layer's flipped weights, through the cached tail.
+
+    Keeps ``U = apply(X, W_k)`` (no bias) in float64 and moves between nested flipped sets
+    incrementally: flipping neuron j changes ``U`` by ``-2 * apply(X[j], D[:, j])`` and
+    ``||W||^2`` by ``-4 <W0[:, j], D[:, j]>``, so the whole sweep costs about one layer pass."""
+
+    def __init__(self, split: NetworkSplit, x: Tensor, y: Tensor, w0: Tensor, delta: Tensor,
+                 bias: Optional[Tensor], batch_size: int) -> None:
+        self.split, self.spec, self.batch_size = split, split.spec, batch_size
+        self.x_in, self.y = x, y
+        self.cache = split.capture(x, batch_size)
+        self.act = self.spec.mean_activation(self.cache.x)
+        self.x64 = self.cache.x.double()
+        self.d2 = 2 * delta.double()
+        self.bias = bias
+        w_t = (w0 + delta).double()
+        self.u_t = self.spec.apply(self.x64, w_t)
+        self.norm2_t = float((w_t ** 2).sum())
+        dims = [d for d in range(w0.dim()) if d != 1]
+        self.col_dot = 4 * (w0.double() * delta.double()).sum(dims)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.u, self.norm2 = self.u_t.clone(), self.norm2_t
+        self.mask = torch.zeros_like(self.act, dtype=torch.bool)
+
+    def _advance(self, mask: Tensor) -> None:
+        if (self.mask & ~mask).any():  # not a superset: start again from W_T
+            self._reset()
+        new = (mask & ~self.mask).nonzero().squeeze(1)
+        if new.numel():
+            cdim = self.spec.channel_dim
+            self.u -= self.spec.apply(self.x64.index_select(cdim, new), self.d2.index_select(1, new))
+            self.norm2 -= float(self.col_dot[new].sum())
+        self.mask = mask.clone()
+
+    def scale(self) -> float:
+        """Factor that brings ``W_k`` back to the Frobenius norm of ``W_T``."""
+        return math.sqrt(self.norm2_t / self.norm2) if self.norm2 > 0 else 1.0
+
+    @torch.no_grad()
+    def accuracy(self, mask: Tensor, rescale: bool) -> float:
+        self._advance(mask)
+        z = self.spec.add_bias(self.u * (self.scale() if rescale else 1.0),
+                               None if self.bias is None else self.bias.double()).float()
+        correct, bs = 0, self.batch_size
+        for i in range(0, z.shape[0], bs):
+            extras = [e[i:i + bs] for e in self.cache.extras]
+            logits = self.split.logits(z[i:i + bs], extras, self.x_in[i:i + bs])
+            correct += int((logits.argmax(1) == self.y[i:i + bs]).sum())
+        return correct / z.shape[0]
+
+
+def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t: Tensor,
+                 aux_x: Tensor, aux_y: Tensor, layers: Sequence[str] = ("fc1",),
+                 mode: str = "exact", k_init: float = 0.001, k_step: float = 0.0001,
+                 k_cap: float = 1.0, tolerance: float = 0.001, rescale: bool = True,
+                 batch_size: int = 512) -> tuple[Tensor, list[ThresholdResult]]:
+    """Repairs ``theta_t`` with FLAIN; returns (repaired vector ``[numel]``, one result per
+    layer). ``aux_x`` must already be normalised; ``model`` is a scratch model (overwritten)."""
+    if aux_x.shape[0] == 0:
+        raise ValueError("flain: aux_x (simulation.data.aux) is empty; FLAIN needs clean "
+                         "auxiliary samples")
+    if mode not in MODES:
+        raise ValueError(f"flain.mode must be one of {MODES}, got {mode!r}")
+    specs = [resolve_layer(model, name) for name in layers]
+    vec, results, acc_before = theta_t.clone(), [], None
+    for spec in specs:
+        res = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
+                            k_step, k_cap, tolerance, rescale, batch_size, acc_before)
+        acc_before = res.aux_acc_before if acc_before is None else acc_before
+        results.append(res)
+    return vec, results
+
+
+def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mode, k_init,
+                  k_step, k_cap, tolerance, rescale, batch_size, acc_before) -> ThresholdResult:
+    """Searches and writes one layer's repaired weights into ``vec`` (in place)."""
+    layout.load(model, vec)
+    w_name, b_name = f"{spec.name}.weight", f"{spec.name}.bias"
+    w0 = layout.view(theta0, w_name)
+    delta = layout.view(vec, w_name) - w0
+    bias = layout.view(vec, b_name) if b_name in layout else None
+    ev = FlipEvaluator(NetworkSplit(model, spec), aux_x, aux_y, w0, delta, bias, batch_size)
+    search_rescale = rescale and mode == "exact"
+    res = search_threshold(ev.act, lambda m: ev.accuracy(m, search_rescale), mode=mode,
+                           k_init=k_init, k_step=k_step, k_cap=k_cap, tolerance=tolerance,
+                           acc_before=acc_before if acc_before is not None
+                           else ev.accuracy(flip_mask(ev.act, None), False))
+    mask = flip_mask(ev.act, res.k)
+    res.rescaled = rescale and (mode == "exact" or res.tolerance_reached)
+    w = flip_columns(w0, delta, ev.act, res.k)
+    ev._advance(mask)
+    if res.rescaled:
+        w = w * ev.scale()
+    layout.view(vec, w_name).copy_(w)
+    res.aux_acc_after = ev.accuracy(mask, res.rescaled)
+    res.layer, res.fast_path = spec.name, ev.split.fast
+    return res
