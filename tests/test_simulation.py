@@ -79,7 +79,7 @@ def _cli(*args, env=None):
 def test_two_processes_give_the_same_model_as_one(tmp_path):
     one = _cli(sys.executable, "launch/train.py", "--config", str(TINY), "--run_dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
-    fabric_cli = [sys.executable, "-m", "lightning.fabric.cli"]
+    fabric_cli = [sys.executable, "-c", "from lightning.fabric.cli import _main; _main()"]
     two = _cli(*fabric_cli, "run", "--accelerator", "cpu", "--devices", "2", "launch/train.py",
                "--config", str(TINY), "--run_dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]

@@ -27,9 +27,9 @@ from fedsim.aggregators.functional import clip_to_norm, gaussian_noise, weighted
 
 def cosine_distances(updates: Tensor) -> Tensor:
     """``[n, n]`` float64 matrix of ``1 - cos(u_i, u_j)`` with an exact zero diagonal."""
-    u = updates.double()
-    unit = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min(1e-30)
-    dist = (1.0 - unit @ unit.T).clamp_min(0.0)
+    unit = updates / torch.linalg.vector_norm(updates, dim=1, keepdim=True).clamp_min(1e-30)
+    dist = (1.0 - (unit @ unit.T).double()).clamp_min(0.0)
+    dist = 0.5 * (dist + dist.T)  # float32 products are not exactly symmetric
     dist.fill_diagonal_(0.0)
     return dist
 
@@ -62,7 +62,7 @@ def flame(updates: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor, boo
     if keep is None:
         keep = torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
     # The median over *all* n updates (numpy-style for even n), as in the paper.
-    bound = torch.linalg.vector_norm(updates.double(), dim=1).quantile(0.5)
+    bound = torch.linalg.vector_norm(updates, dim=1, dtype=torch.float64).quantile(0.5)
     clipped, _ = clip_to_norm(updates[keep], bound)
     return weighted_mean(clipped, weights[keep]), keep, bound, all_noise
 

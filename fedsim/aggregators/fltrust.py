@@ -26,19 +26,17 @@ def fltrust(updates: Tensor, server_update: Tensor) -> tuple[Tensor, Tensor]:
         the update ``[d]`` and the trust scores ``[n]``. If every score is zero the update is
         zero (no client is trusted).
     """
-    u = updates.double()
-    g0 = server_update.double().to(u.device)
+    g0 = server_update.to(updates)
     g0_norm = torch.linalg.vector_norm(g0)
-    norms = torch.linalg.vector_norm(u, dim=1)
+    norms = torch.linalg.vector_norm(updates, dim=1)
     # A zero-norm update (or a zero g0) has no direction: it gets no trust.
-    cos = (u @ g0) / (norms * g0_norm).clamp_min(1e-30)
-    scores = torch.relu(cos)
-    rescaled = u * (g0_norm / norms.clamp_min(1e-30))[:, None]
+    scores = torch.relu((updates @ g0) / (norms * g0_norm).clamp_min(1e-30))
     total = scores.sum()
     if total <= 0:
-        return torch.zeros_like(updates[0]), scores.to(updates.dtype)
-    update = (scores[:, None] * rescaled).sum(0) / total
-    return update.to(updates.dtype), scores.to(updates.dtype)
+        return torch.zeros_like(updates[0]), scores
+    # Each row rescaled to ||g0||, then the trust-weighted mean; coefficient c_i per row.
+    coeff = scores * g0_norm / norms.clamp_min(1e-30) / total
+    return (coeff[:, None] * updates).sum(0), scores
 
 
 class FLTrust(Aggregator):

@@ -26,9 +26,9 @@ from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
 
 def foolsgold_weights(histories: Tensor, kappa: float = 1.0) -> Tensor:
     """Per-client learning rates ``a[n]`` in [0, 1] from the histories ``[n, d]``."""
-    h = histories.double()
+    h = histories.double()  # float64: exact duplicates must get cosine 1, as in the paper
     unit = h / torch.linalg.vector_norm(h, dim=1, keepdim=True).clamp_min(1e-30)
-    cs = unit @ unit.T
+    cs = unit @ unit.T  # [n, n]
     cs.fill_diagonal_(0.0)  # a client is not its own sybil
     v = cs.max(dim=1).values
     # Pardoning: row i is scaled by v_i / v_j in the columns j that look more sybil than i.

@@ -31,8 +31,10 @@ def drop_nonfinite(updates: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Te
 
 
 def pairwise_sq_distances(updates: Tensor) -> Tensor:
-    """``[n, n]`` squared Euclidean distances, computed as differences (no cancellation)."""
-    return torch.cdist(updates.double(), updates.double(), compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    """``[n, n]`` float64 squared Euclidean distances, computed from differences (no
+    cancellation, unlike the ``|a|^2 + |b|^2 - 2ab`` shortcut)."""
+    dist = torch.cdist(updates, updates, compute_mode="donot_use_mm_for_euclid_dist")
+    return dist.double() ** 2
 
 
 def krum_scores(sq_dist: Tensor, f: int) -> Tensor:

@@ -23,7 +23,16 @@ from torch import Tensor
 
 from fedsim.attacks.base import AttackContext, ClientContext
 from fedsim.attacks.poison import TargetedPoison
-from fedsim.attacks.triggers import CORNERS, PATTERNS, blend, box_origin, patch_mask, random_pattern, stamp, stripe_masks
+from fedsim.attacks.triggers import (
+    CORNERS,
+    PATTERNS,
+    blend,
+    box_origin,
+    patch_mask,
+    random_pattern,
+    stamp,
+    stripe_masks,
+)
 from fedsim.runtime.seeding import generator
 
 
@@ -68,7 +77,9 @@ class BadNets(TargetedPoison):
         super().__init__(target, source_class, poison_fraction)
         _check_positive("BadNets", "size", size)
         if isinstance(position, str) and position not in CORNERS:
-            raise ValueError(f"BadNets.position must be one of {list(CORNERS)} or [row, col], got {position!r}")
+            raise ValueError(
+                f"BadNets.position must be one of {list(CORNERS)} or [row, col], got {position!r}"
+            )
         if not isinstance(position, str) and (len(position) != 2 or min(position) < 0):
             raise ValueError(f"BadNets.position must be [row, col] with row, col >= 0, got {position!r}")
         if margin is not None and margin < 0:
@@ -120,7 +131,7 @@ class Blended(TargetedPoison):
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"Blended.alpha must be in (0, 1], got {alpha}")
         if pattern != "random" and not str(pattern).endswith(".pt"):
-            raise ValueError(f"Blended.pattern must be 'random' or a path ending in .pt, got {pattern!r}")
+            raise ValueError(f"Blended.pattern must be 'random' or a .pt path, got {pattern!r}")
         self.alpha, self.pattern_source = alpha, pattern
 
     def connect(self, ctx: AttackContext) -> None:
@@ -131,7 +142,7 @@ class Blended(TargetedPoison):
         pattern = torch.load(self.pattern_source, map_location="cpu").float()
         pattern = pattern.expand(ctx.image_shape) if pattern.dim() == 2 else pattern
         if tuple(pattern.shape) != tuple(ctx.image_shape):
-            raise ValueError(f"Blended.pattern has shape {tuple(pattern.shape)}, images are {ctx.image_shape}")
+            raise ValueError(f"Blended.pattern has shape {tuple(pattern.shape)}, not {ctx.image_shape}")
         self.pattern = pattern.clamp(0, 1)
 
     def apply_trigger(self, x: Tensor, ctx: Optional[ClientContext]) -> Tensor:
@@ -169,7 +180,8 @@ class DBA(TargetedPoison):
         value: float = 1.0,
     ) -> None:
         super().__init__(target, source_class, poison_fraction)
-        for name, v in (("num_parts", num_parts), ("length", length), ("col_step", col_step), ("row_step", row_step)):
+        steps = {"num_parts": num_parts, "length": length, "col_step": col_step, "row_step": row_step}
+        for name, v in steps.items():
             _check_positive("DBA", name, v)
         if top < 0 or left < 0:
             raise ValueError(f"DBA.top and DBA.left must be >= 0, got {top}, {left}")
@@ -185,7 +197,7 @@ class DBA(TargetedPoison):
         col_step = self.col_step or (6 if small else 9)
         row_step = self.row_step or (3 if small else 4)
         if col_step < length and self.num_parts > 1:
-            raise ValueError(f"DBA.col_step must be >= DBA.length={length} so stripes do not overlap, got {col_step}")
+            raise ValueError(f"DBA.col_step must be >= DBA.length={length} (no overlap), got {col_step}")
         try:
             self.parts = stripe_masks(hw, self.num_parts, length, col_step, row_step, self.top, self.left)
         except ValueError as err:

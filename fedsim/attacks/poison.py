@@ -44,7 +44,9 @@ class TargetedPoison(DataPoison):
         poison_fraction: share of the eligible samples of each batch to poison, in [0, 1].
     """
 
-    def __init__(self, target: int = 5, source_class: Optional[int] = None, poison_fraction: float = 0.5) -> None:
+    def __init__(
+        self, target: int = 5, source_class: Optional[int] = None, poison_fraction: float = 0.5
+    ) -> None:
         name = type(self).__name__
         _check_class(name, "target", target)
         _check_class(name, "source_class", source_class)
@@ -95,7 +97,8 @@ class TargetedPoison(DataPoison):
     def test_set(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         keep = self.eligible(y)
         xs = x[keep]
-        return self.apply_trigger(xs, None), torch.full((len(xs),), self.target, dtype=y.dtype, device=y.device)
+        ys = torch.full((len(xs),), self.target, dtype=y.dtype, device=y.device)
+        return self.apply_trigger(xs, None), ys
 
 
 class LabelFlip(TargetedPoison):

@@ -66,7 +66,7 @@ class Schedule:
         if start_round < 0:
             raise ValueError(f"schedule.start_round must be >= 0, got {start_round}")
         if end_round is not None and end_round < start_round:
-            raise ValueError(f"schedule.end_round must be >= start_round={start_round} or None, got {end_round}")
+            raise ValueError(f"schedule.end_round must be None or >= {start_round}, got {end_round}")
         if every < 1:
             raise ValueError(f"schedule.every must be >= 1, got {every}")
         if rounds is not None and any(r < 0 for r in rounds):
@@ -90,7 +90,8 @@ class Schedule:
         """The population's attacker ids ``[k]`` for "fixed" (any round) and "redraw" modes."""
         key = "fixed" if self.mode == "fixed" else round
         k = fraction_count(self.mcr, self.num_clients)
-        return torch.randperm(self.num_clients, generator=generator(self.seed, "attack", key))[:k].sort().values
+        gen = generator(self.seed, "attack", key)
+        return torch.randperm(self.num_clients, generator=gen)[:k].sort().values
 
     def malicious(self, round: int, cohort: Tensor) -> Tensor:
         """Bool mask ``[m]`` over ``cohort`` (int64 ``[m]``, sorted client ids)."""

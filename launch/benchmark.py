@@ -1,0 +1,94 @@
+"""Throughput of the simulator's local training vs the fused single-model limit.
+
+    python launch/benchmark.py [--data_dir ../shared/data] [--rounds 5] [--skip_two]
+
+Prints measured figures only. Three measurements on the same machine, same workload (W-CNN:
+configs/bench/w_cnn.yaml, 10 clients x 600 full-MNIST samples per round, MnistCNN, SGD, batch 64):
+
+1. fused: one model trained on rounds x 6,000 samples in a plain PyTorch loop (all cores as
+   threads of one process) - the upper bound for local training on this machine;
+2. simulator, 1 process (threads = cores);
+3. simulator, `fabric run --devices 2` (one thread per process).
+
+Simulator throughput = trained samples / summed round time (sampling, training, gathering,
+aggregation, broadcast; evaluation excluded since the fused loop does none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedsim.data import MNIST  # noqa: E402
+from fedsim.models import MnistCNN  # noqa: E402
+
+CONFIG = ROOT / "configs" / "bench" / "w_cnn.yaml"
+SAMPLES_PER_ROUND = 10 * 600
+
+
+def fused(data_dir: str, rounds: int, threads: int) -> float:
+    """Samples/s of one MnistCNN trained on rounds x 6,000 samples, batch 64, plain loop."""
+    torch.set_num_threads(threads)
+    train = MNIST(data_dir=data_dir, limit_train=SAMPLES_PER_ROUND).load().train
+    x, y = (train.x - 0.1307) / 0.3081, train.y
+    model = MnistCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for s in range(0, len(y), 64):
+            loss = F.cross_entropy(model(x[s : s + 64]), y[s : s + 64])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return rounds * len(y) / (time.perf_counter() - start)
+
+
+def simulator(data_dir: str, rounds: int, processes: int, threads: int) -> float:
+    """Samples/s of the simulator on W-CNN, read from its metrics.csv."""
+    run_dir = Path(tempfile.mkdtemp(prefix="fedsim-bench-"))
+    args = ["launch/train.py", "--config", str(CONFIG), "--run_dir", str(run_dir), "--threads", str(threads),
+            "--data.init_args.data_dir", data_dir, "--fed.rounds", str(rounds), "--fed.eval_every", str(rounds)]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    if processes == 1:
+        cmd = [sys.executable, *args]
+    else:
+        cmd = [sys.executable, "-c", "from lightning.fabric.cli import _main; _main()", "run",
+               "--accelerator", "cpu", "--devices", str(processes), *args]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    with open(run_dir / "metrics.csv", newline="") as f:
+        seconds = sum(float(r["round_seconds"]) for r in csv.DictReader(f))
+    return rounds * SAMPLES_PER_ROUND / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip_two", action="store_true", help="skip the 2-process run")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    limit = fused(args.data_dir, args.rounds, cores)
+    print(f"fused single-model loop ({cores} threads): {limit:8.0f} samples/s")
+    one = simulator(args.data_dir, args.rounds, 1, cores)
+    print(f"simulator, 1 process x {cores} threads:  {one:8.0f} samples/s  ratio {one / limit:.3f}")
+    if not args.skip_two:
+        two = simulator(args.data_dir, args.rounds, 2, max(1, cores // 2))
+        print(f"simulator, 2 processes x {max(1, cores // 2)} thread(s): {two:8.0f} samples/s  ratio {two / limit:.3f}")
+
+
+if __name__ == "__main__":
+    main()
