@@ -134,3 +134,19 @@ class TinyNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+class LogReg(nn.Module):
+    """Multinomial logistic regression: one ``nn.Linear`` on the flattened input.
+
+    Args:
+        num_classes: output classes.
+        in_features: flattened input size (784 for 1x28x28).
+    """
+
+    def __init__(self, num_classes: int = 10, in_features: int = 784) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x.flatten(1))

@@ -243,7 +243,8 @@ class Simulation:
         ids = rows[:, 0].long()[keep]
         mal = malicious.to(self.device)[keep]
         ctx = RoundContext(r, self.global_params[:w], ids, generator(self.config.seed, r, "aggregate"),
-                           server_update=lambda: self._server_update(r), malicious=mal)
+                           server_update=lambda per_class=None: self._server_update(r, per_class),
+                           malicious=mal)
         result = self.aggregator.aggregate(updates[:, :w], weights, ctx)
         buffers = weighted_mean(updates[:, w:], weights) if self.layout.num_buffers else updates.new_zeros(0)
         metrics.update(result.metrics)
@@ -251,10 +252,15 @@ class Simulation:
             metrics.update(_detection(result.accepted.cpu(), mal.cpu()))
         return self.global_params + torch.cat([result.update, buffers]), metrics
 
-    def _server_update(self, r: int) -> Tensor:
-        """The server trains the global model on its auxiliary (root) data (FLTrust's g0)."""
-        aux = self.data.aux
-        res = local_train(_clone_module(self.model), self.layout, self.global_params, aux.x, aux.y,
+    def _server_update(self, r: int, per_class: Optional[int] = None) -> Tensor:
+        """The server trains the global model on its auxiliary (root) data (FLTrust's g0): the
+        first ``per_class`` auxiliary samples of each class (the aux set is in random order)."""
+        x, y = self.data.aux.x, self.data.aux.y
+        if per_class is not None:
+            rank_in_class = torch.stack([(y[: i + 1] == y[i]).sum() for i in range(len(y))]) if len(y) else y
+            keep = rank_in_class <= per_class
+            x, y = x[keep], y[keep]
+        res = local_train(_clone_module(self.model), self.layout, self.global_params, x, y,
                           self.client_config, self.config.seed, r, -1, self.normalize)
         return res.update[: self.layout.num_weights]
 

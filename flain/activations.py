@@ -13,13 +13,18 @@ each variant only through the layers after it ("tail"):
   the full model with a forward hook that swaps the layer's output for the one we computed.
   Correct for any model that calls the layer once per forward, but it re-runs the head.
 
+``FlipEvaluator`` evaluates the variants of the layer through the tail, incrementally.
+
 Supported layers: ``nn.Linear`` (input neurons = last dimension) and, as an extension,
 ``nn.Conv2d`` with ``groups == 1`` (input neurons = input channels, dimension 1).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
@@ -140,8 +145,8 @@ def _fx_split(model: nn.Module, name: str) -> tuple[fx.GraphModule, fx.GraphModu
     before = nodes[: nodes.index(target)]
     after = set(nodes[nodes.index(target):])
     dynamic = _input_dependent(before)
-    frontier = [n for n in before if n in dynamic and any(u in after for u in n.users)]
-    frontier = [n for n in frontier if n is not target.args[0]]
+    # values computed before the layer that the tail reads (may include the layer's own input)
+    frontier = [n for n in before if n in dynamic and any(u in after - {target} for u in n.users)]
 
     head = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -173,3 +178,56 @@ def _input_dependent(nodes: list[fx.Node]) -> set[fx.Node]:
             dyn.add(n)
     return dyn
 
+
+class FlipEvaluator:
+    """Aux accuracy of the model with one layer's flipped weights, through the cached tail.
+
+    Keeps ``U = apply(X, W_k)`` (no bias) in float64 and moves between nested flipped sets
+    incrementally: flipping neuron j changes ``U`` by ``-2 * apply(X[j], D[:, j])`` and
+    ``||W||^2`` by ``-4 <W0[:, j], D[:, j]>``, so the whole sweep costs about one layer pass."""
+
+    def __init__(self, split: NetworkSplit, x: Tensor, y: Tensor, w0: Tensor, delta: Tensor,
+                 bias: Optional[Tensor], batch_size: int) -> None:
+        self.split, self.spec, self.batch_size = split, split.spec, batch_size
+        self.x_in, self.y = x, y
+        self.cache = split.capture(x, batch_size)
+        self.act = self.spec.mean_activation(self.cache.x)
+        self.x64 = self.cache.x.double()
+        self.d2 = 2 * delta.double()
+        self.bias = bias
+        w_t = (w0 + delta).double()
+        self.u_t = self.spec.apply(self.x64, w_t)
+        self.norm2_t = float((w_t ** 2).sum())
+        dims = [d for d in range(w0.dim()) if d != 1]
+        self.col_dot = 4 * (w0.double() * delta.double()).sum(dims)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.u, self.norm2 = self.u_t.clone(), self.norm2_t
+        self.mask = torch.zeros_like(self.act, dtype=torch.bool)
+
+    def _advance(self, mask: Tensor) -> None:
+        if (self.mask & ~mask).any():  # not a superset: start again from W_T
+            self._reset()
+        new = (mask & ~self.mask).nonzero().squeeze(1)
+        if new.numel():
+            cdim = self.spec.channel_dim
+            self.u -= self.spec.apply(self.x64.index_select(cdim, new), self.d2.index_select(1, new))
+            self.norm2 -= float(self.col_dot[new].sum())
+        self.mask = mask.clone()
+
+    def scale(self) -> float:
+        """Factor that brings ``W_k`` back to the Frobenius norm of ``W_T``."""
+        return math.sqrt(self.norm2_t / self.norm2) if self.norm2 > 0 else 1.0
+
+    @torch.no_grad()
+    def accuracy(self, mask: Tensor, rescale: bool) -> float:
+        self._advance(mask)
+        z = self.spec.add_bias(self.u * (self.scale() if rescale else 1.0),
+                               None if self.bias is None else self.bias.double()).float()
+        correct, bs = 0, self.batch_size
+        for i in range(0, z.shape[0], bs):
+            extras = [e[i:i + bs] for e in self.cache.extras]
+            logits = self.split.logits(z[i:i + bs], extras, self.x_in[i:i + bs])
+            correct += int((logits.argmax(1) == self.y[i:i + bs]).sum())
+        return correct / z.shape[0]

@@ -33,7 +33,6 @@ tolerance. Accuracies are fractions in [0, 1].
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -41,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from fedsim.params import ParamLayout
-from flain.activations import LayerSpec, NetworkSplit, resolve_layer
+from flain.activations import FlipEvaluator, LayerSpec, NetworkSplit, resolve_layer
 
 MODES = ("exact", "reference")
 
@@ -83,6 +82,8 @@ class ThresholdResult:
     aux_acc_after: float = float("nan")
     rescaled: bool = False
     fast_path: bool = True
+    activations: Optional[Tensor] = None  # [in] on clean aux data (the search's ranking)
+    activations_triggered: Optional[Tensor] = None  # [in] on triggered aux data, if given
 
 
 def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: str = "exact",
@@ -94,13 +95,13 @@ def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: s
     The flipped sets are nested (the first n neurons by activation), so each is evaluated once."""
     if mode not in MODES:
         raise ValueError(f"flain.mode must be one of {MODES}, got {mode!r}")
-    order = torch.argsort(act, stable=True)
+    eligible = torch.argsort(act, stable=True)[int((act < 0).sum()):]  # ascending, act >= 0
     cache: dict[int, float] = {}
 
     def acc_of(n: int) -> float:  # accuracy with the n lowest eligible neurons flipped
         if n not in cache:
             mask = torch.zeros_like(act, dtype=torch.bool)
-            mask[order[(act[order] < 0).sum():][:n]] = True
+            mask[eligible[:n]] = True
             cache[n] = aux_acc(mask)
         return cache[n]
 
@@ -129,7 +130,8 @@ def _reference(act, acc_of, acc0, k_init, k_step, k_cap, tolerance):
         ks.append(k)
         k += k_step
     eligible = torch.sort(act[act >= 0]).values
-    counts = torch.searchsorted(eligible, torch.tensor(ks, dtype=act.dtype), right=True)
+    counts = torch.searchsorted(eligible, torch.tensor(ks, dtype=act.dtype, device=act.device),
+                             right=True)
     curve, last = [], -1
     for k, n_k in zip(ks, counts.tolist()):
         acc = acc_of(n_k)
@@ -143,84 +145,50 @@ def _reference(act, acc_of, acc0, k_init, k_step, k_cap, tolerance):
     return (ks[-1], int(counts[-1]), False, curve) if ks else (None, 0, False, curve)
 
 
-class FlipEvaluator:
-    """Aux accuracy of the model with one layer's flipped weights, through the cached tail.
-
-    Keeps ``U = apply(X, W_k)`` (no bias) in float64 and moves between nested flipped sets
-    incrementally: flipping neuron j changes ``U`` by ``-2 * apply(X[j], D[:, j])`` and
-    ``||W||^2`` by ``-4 <W0[:, j], D[:, j]>``, so the whole sweep costs about one layer pass."""
-
-    def __init__(self, split: NetworkSplit, x: Tensor, y: Tensor, w0: Tensor, delta: Tensor,
-                 bias: Optional[Tensor], batch_size: int) -> None:
-        self.split, self.spec, self.batch_size = split, split.spec, batch_size
-        self.x_in, self.y = x, y
-        self.cache = split.capture(x, batch_size)
-        self.act = self.spec.mean_activation(self.cache.x)
-        self.x64 = self.cache.x.double()
-        self.d2 = 2 * delta.double()
-        self.bias = bias
-        w_t = (w0 + delta).double()
-        self.u_t = self.spec.apply(self.x64, w_t)
-        self.norm2_t = float((w_t ** 2).sum())
-        dims = [d for d in range(w0.dim()) if d != 1]
-        self.col_dot = 4 * (w0.double() * delta.double()).sum(dims)
-        self._reset()
-
-    def _reset(self) -> None:
-        self.u, self.norm2 = self.u_t.clone(), self.norm2_t
-        self.mask = torch.zeros_like(self.act, dtype=torch.bool)
-
-    def _advance(self, mask: Tensor) -> None:
-        if (self.mask & ~mask).any():  # not a superset: start again from W_T
-            self._reset()
-        new = (mask & ~self.mask).nonzero().squeeze(1)
-        if new.numel():
-            cdim = self.spec.channel_dim
-            self.u -= self.spec.apply(self.x64.index_select(cdim, new), self.d2.index_select(1, new))
-            self.norm2 -= float(self.col_dot[new].sum())
-        self.mask = mask.clone()
-
-    def scale(self) -> float:
-        """Factor that brings ``W_k`` back to the Frobenius norm of ``W_T``."""
-        return math.sqrt(self.norm2_t / self.norm2) if self.norm2 > 0 else 1.0
-
-    @torch.no_grad()
-    def accuracy(self, mask: Tensor, rescale: bool) -> float:
-        self._advance(mask)
-        z = self.spec.add_bias(self.u * (self.scale() if rescale else 1.0),
-                               None if self.bias is None else self.bias.double()).float()
-        correct, bs = 0, self.batch_size
-        for i in range(0, z.shape[0], bs):
-            extras = [e[i:i + bs] for e in self.cache.extras]
-            logits = self.split.logits(z[i:i + bs], extras, self.x_in[i:i + bs])
-            correct += int((logits.argmax(1) == self.y[i:i + bs]).sum())
-        return correct / z.shape[0]
+def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float, k_cap: float,
+                 tolerance: float, batch_size: int) -> None:
+    """Raises ValueError naming the first invalid FLAIN setting."""
+    if isinstance(layers, str) or len(layers) == 0 or len(set(layers)) != len(layers):
+        raise ValueError(f"flain.layers must be a non-empty list of distinct module names, "
+                         f"got {layers!r}")
+    if mode not in MODES:
+        raise ValueError(f"flain.mode must be one of {MODES}, got {mode!r}")
+    if not (k_step > 0 and 0 <= k_init <= k_cap):
+        raise ValueError(f"flain needs k_step > 0 and 0 <= k_init <= k_cap, got k_init={k_init}, "
+                         f"k_step={k_step}, k_cap={k_cap}")
+    if not 0 <= tolerance <= 1:
+        raise ValueError(f"flain.tolerance must be in [0, 1], got {tolerance}")
+    if batch_size < 1:
+        raise ValueError(f"flain.batch_size must be >= 1, got {batch_size}")
 
 
 def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t: Tensor,
                  aux_x: Tensor, aux_y: Tensor, layers: Sequence[str] = ("fc1",),
                  mode: str = "exact", k_init: float = 0.001, k_step: float = 0.0001,
                  k_cap: float = 1.0, tolerance: float = 0.001, rescale: bool = True,
-                 batch_size: int = 512) -> tuple[Tensor, list[ThresholdResult]]:
+                 batch_size: int = 512, triggered_x: Optional[Tensor] = None
+                 ) -> tuple[Tensor, list[ThresholdResult]]:
     """Repairs ``theta_t`` with FLAIN; returns (repaired vector ``[numel]``, one result per
-    layer). ``aux_x`` must already be normalised; ``model`` is a scratch model (overwritten)."""
+    layer). ``aux_x`` (and ``triggered_x``, only used to report activations on triggered inputs)
+    must already be normalised; ``model`` is a scratch model (its parameters are overwritten)."""
+    check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size)
     if aux_x.shape[0] == 0:
         raise ValueError("flain: aux_x (simulation.data.aux) is empty; FLAIN needs clean "
                          "auxiliary samples")
-    if mode not in MODES:
-        raise ValueError(f"flain.mode must be one of {MODES}, got {mode!r}")
     specs = [resolve_layer(model, name) for name in layers]
     vec, results, acc_before = theta_t.clone(), [], None
     for spec in specs:
         res = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
-                            k_step, k_cap, tolerance, rescale, batch_size, acc_before)
+                            k_step, k_cap, tolerance, rescale, batch_size, acc_before,
+                            triggered_x)
         acc_before = res.aux_acc_before if acc_before is None else acc_before
         results.append(res)
     return vec, results
 
 
 def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mode, k_init,
-                  k_step, k_cap, tolerance, rescale, batch_size, acc_before) -> ThresholdResult:
+                  k_step, k_cap, tolerance, rescale, batch_size, acc_before,
+                  triggered_x) -> ThresholdResult:
     """Searches and writes one layer's repaired weights into ``vec`` (in place)."""
     layout.load(model, vec)
     w_name, b_name = f"{spec.name}.weight", f"{spec.name}.bias"
@@ -235,11 +203,11 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
                            else ev.accuracy(flip_mask(ev.act, None), False))
     mask = flip_mask(ev.act, res.k)
     res.rescaled = rescale and (mode == "exact" or res.tolerance_reached)
+    res.aux_acc_after = ev.accuracy(mask, res.rescaled)  # also moves ev to this mask
     w = flip_columns(w0, delta, ev.act, res.k)
-    ev._advance(mask)
-    if res.rescaled:
-        w = w * ev.scale()
-    layout.view(vec, w_name).copy_(w)
-    res.aux_acc_after = ev.accuracy(mask, res.rescaled)
-    res.layer, res.fast_path = spec.name, ev.split.fast
+    layout.view(vec, w_name).copy_(w * ev.scale() if res.rescaled else w)
+    res.layer, res.fast_path, res.activations = spec.name, ev.split.fast, ev.act
+    if triggered_x is not None and triggered_x.shape[0] > 0:  # model still holds the input vec
+        res.activations_triggered = spec.mean_activation(
+            ev.split.capture(triggered_x, batch_size).x)
     return res

@@ -77,7 +77,7 @@ def honest_updates(n=7, d=6, seed=0):
 
 def root_update(updates):
     """A server update pointing like the honest clients (what FLTrust's root data gives)."""
-    return lambda: updates[1:].median(dim=0).values
+    return lambda *_: updates[1:].median(dim=0).values
 
 
 # ------------------------------------------------------------------ hand-computed values
@@ -201,7 +201,7 @@ def test_rlr_rejects_threshold_above_cohort():
 def test_fltrust_trust_scores_and_rescaling():
     # g0 = [1,0]; cos = 1, 0, -1, 1/sqrt2 -> scores 1, 0, 0, 1/sqrt2; rows rescaled to norm 1.
     updates = T([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0], [1.0, 1.0]])
-    result = run(FLTrust(), updates, server_update=lambda: T([1.0, 0.0]))
+    result = run(FLTrust(), updates, server_update=lambda *_: T([1.0, 0.0]))
     s = 1 / math.sqrt(2)
     expected = T([1.0 + s * s, s * s]) / (1.0 + s)
     assert torch.allclose(result.update, expected)
@@ -210,7 +210,7 @@ def test_fltrust_trust_scores_and_rescaling():
 
 def test_fltrust_gives_zero_weight_to_opposite_update():
     honest = T([[1.0, 0.5], [2.0, 1.0]])
-    g0 = lambda: T([2.0, 1.0])  # noqa: E731
+    g0 = lambda *_: T([2.0, 1.0])  # noqa: E731
     alone = run(FLTrust(), honest, server_update=g0).update
     for scale in (1.0, 1e6):
         with_opposite = torch.cat([honest, -scale * T([[2.0, 1.0]])])
@@ -305,7 +305,7 @@ def test_multi_metrics_scores_and_selection_by_hand():
 def test_identical_updates_come_back_unchanged(name):
     # FoolsGold is excluded by design: identical clients are sybils (tested above).
     updates = T([0.5, -1.0, 2.0, 0.0, 1.5]).repeat(7, 1)
-    result = run(FACTORIES[name](), updates, server_update=lambda: updates[0].clone())
+    result = run(FACTORIES[name](), updates, server_update=lambda *_: updates[0].clone())
     assert torch.allclose(result.update, updates[0], atol=1e-6)
 
 

@@ -77,14 +77,17 @@ def _cli(*args, env=None):
 
 
 def test_two_processes_give_the_same_model_as_one(tmp_path):
-    one = _cli(sys.executable, "launch/train.py", "--config", str(TINY), "--run_dir", str(tmp_path / "one"))
+    """Same cohorts, same attackers, same poisoned training, same final model (1 thread each)."""
+    attack = ["--config", str(TINY.parent / "badnets.yaml")]
+    one = _cli(sys.executable, "launch/train.py", "--config", str(TINY), *attack, "--run_dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
     fabric_cli = [sys.executable, "-c", "from lightning.fabric.cli import _main; _main()"]
     two = _cli(*fabric_cli, "run", "--accelerator", "cpu", "--devices", "2", "launch/train.py",
-               "--config", str(TINY), "--run_dir", str(tmp_path / "two"))
+               "--config", str(TINY), *attack, "--run_dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
     diff = (_final(tmp_path / "one") - _final(tmp_path / "two")).abs().max()
     assert diff <= 1e-5
     for a, b in zip(_rows(tmp_path / "one"), _rows(tmp_path / "two")):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
-        assert a["malicious_in_cohort"] == b["malicious_in_cohort"]
+        assert a["malicious_in_cohort"] == b["malicious_in_cohort"] == "2"
+        assert a["asr"] == b["asr"]

@@ -41,9 +41,10 @@ class RoundContext:
     global_weights: Tensor  # [d] current global trainable weights
     client_ids: Tensor  # [n] int64, the clients whose rows are in `updates`
     generator: torch.Generator  # seeded from (seed, round, "aggregate"); use for any noise
-    # Trains a copy of the current global model on the server's auxiliary (root) data and
-    # returns its update [d]; only rules that need it (FLTrust) call it.
-    server_update: Optional[Callable[[], Tensor]] = None
+    # server_update(per_class): trains a copy of the current global model on the server's
+    # auxiliary (root) data, `per_class` samples per class (None = all), and returns its update
+    # [d]; only rules that need it (FLTrust) call it.
+    server_update: Optional[Callable[..., Tensor]] = None
     # Ground truth from the attack schedule ([n] bool, True = malicious); for metrics only,
     # a rule must never use it to decide.
     malicious: Optional[Tensor] = None

@@ -13,6 +13,8 @@ data). The FLAIN reference scripts used 10 samples per class drawn from the vali
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -42,15 +44,23 @@ def fltrust(updates: Tensor, server_update: Tensor) -> tuple[Tensor, Tensor]:
 class FLTrust(Aggregator):
     """Trust bootstrapping from a server update trained on clean root data.
 
-    Needs ``RoundContext.server_update`` (the simulation provides it from the server's
-    auxiliary data). Takes no hyperparameters: the root-data size and local training of the
-    server are set where the auxiliary data and client training are configured.
+    Needs ``RoundContext.server_update`` (the simulation trains a copy of the global model on
+    the server's auxiliary data with the clients' local-training settings).
+
+    Args:
+        root_per_class: root samples per class taken from the auxiliary set (the FLAIN
+            reference used 10); None = the whole auxiliary set.
     """
+
+    def __init__(self, root_per_class: Optional[int] = 10) -> None:
+        if root_per_class is not None and root_per_class < 1:
+            raise ValueError(f"aggregator.root_per_class must be >= 1 or null, got {root_per_class}")
+        self.root_per_class = root_per_class
 
     def aggregate(self, updates: Tensor, weights: Tensor, ctx: RoundContext) -> AggregationResult:
         if ctx.server_update is None:
             raise ValueError("FLTrust needs server root data: RoundContext.server_update is None")
-        g0 = ctx.server_update()
+        g0 = ctx.server_update(self.root_per_class)
         update, scores = fltrust(updates, g0)
         metrics = {
             "trust_mean": float(scores.mean()),

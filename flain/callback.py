@@ -1,0 +1,134 @@
+"""The FLAIN post-training defense as a simulation callback.
+
+Ding, Yang, Huang, "FLAIN: Mitigating Backdoor Attacks in Federated Learning via Flipping Weight
+Updates of Low-Activation Input Neurons", ICMR 2025 (arXiv 2408.08655). After the last round the
+server flips, in the chosen layer(s), the accumulated updates ``theta_T - theta_0`` of the input
+neurons that its clean auxiliary data leaves (nearly) dormant; the threshold is raised while the
+aux accuracy holds. The algorithm is in ``flain.functional``; this class wires it to the
+simulation, and ``fedsim.posttrain.PostTrainingDefense`` measures ACC/ASR before and after,
+broadcasts, saves ``flain_repaired.pt`` and writes ``summary["flain"]``.
+
+YAML::
+
+    callbacks:
+      - class_path: flain.FLAIN
+        init_args: {layers: [fc1], mode: exact, tolerance: 0.001}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from torch import Tensor
+
+from fedsim.posttrain import PostTrainingDefense
+from flain.functional import ThresholdResult, check_config, flain_repair
+from flain.plots import plot_activations, plot_threshold
+
+
+class FLAIN(PostTrainingDefense):
+    """Flip the weight updates of low-activation input neurons (FLAIN, arXiv 2408.08655).
+
+    Args:
+        layers: module names of the layers to repair, in the order they are repaired ("fc1", the
+            first fully connected layer after the feature extractor, as in the paper; any
+            ``nn.Linear``, or an ``nn.Conv2d`` by input channel). Each later layer is measured on
+            the model with the earlier ones repaired; all drops count against theta_T's accuracy.
+        mode: "exact" (visit only thresholds where a neuron crosses, keep the last k whose aux
+            accuracy drop is <= tolerance) or "reference" (the authors' scripts: k = k_init,
+            k_init + k_step, ... up to k_cap, keep the first k whose drop is >= tolerance).
+        k_init: first threshold of the reference grid (scripts: 0.001; 0.0005 for FMNIST).
+        k_step: step of the reference grid (scripts: 0.001 MNIST, 0.0001 FMNIST and CIFAR-10).
+        k_cap: largest threshold (both modes); input neurons above it are never flipped.
+        tolerance: aux accuracy drop, as a fraction in [0, 1] (scripts: 0 MNIST, 0.024 FMNIST,
+            0.001 CIFAR-10).
+        rescale: rescale the repaired layer to the Frobenius norm of its trained weights (the
+            scripts do; in exact mode the rescaled layer is what the search evaluates).
+        batch_size: batch size of the forward passes over the auxiliary set.
+        plots: write flain_activations.png and flain_threshold.png into the run directory.
+        apply: make the repaired model the simulation's final global model.
+    """
+
+    name = "flain"
+
+    def __init__(self, layers: Sequence[str] = ("fc1",), mode: str = "exact",
+                 k_init: float = 0.001, k_step: float = 0.0001, k_cap: float = 1.0,
+                 tolerance: float = 0.001, rescale: bool = True, batch_size: int = 512,
+                 plots: bool = True, apply: bool = True) -> None:
+        super().__init__(apply=apply)
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size)
+        self.layers, self.mode, self.rescale, self.plots = layers, mode, rescale, plots
+        self.k_init, self.k_step, self.k_cap = k_init, k_step, k_cap
+        self.tolerance, self.batch_size = tolerance, batch_size
+
+    def repair(self, simulation) -> tuple[Tensor, dict[str, Any]]:
+        sim = simulation
+        aux = sim.data.aux
+        if aux.x.shape[0] == 0:
+            raise ValueError("flain: simulation.data.aux is empty; FLAIN needs clean auxiliary "
+                             "samples (set the aux set size above 0)")
+        device = sim.device
+        triggered = _triggered_aux(sim)
+        vec, results = flain_repair(
+            sim.model, sim.layout, sim.theta0.to(device), sim.trained_params.to(device),
+            sim.normalize(aux.x.to(device)), aux.y.to(device), self.layers, self.mode,
+            self.k_init, self.k_step, self.k_cap, self.tolerance, self.rescale, self.batch_size,
+            triggered_x=None if triggered is None else sim.normalize(triggered.to(device)))
+        self._log(sim, results)
+        return vec, summarize(results)
+
+    def _log(self, sim, results: list[ThresholdResult]) -> None:
+        step = sim.rounds
+        for r in results:
+            key = f"flain/{r.layer}"
+            sim.logger.log_histogram(f"{key}/activation_clean", r.activations, step)
+            if r.activations_triggered is not None:
+                sim.logger.log_histogram(f"{key}/activation_triggered", r.activations_triggered,
+                                         step)
+            sim.logger.log_table(f"{key}/curve", ["k", "aux_acc", "flipped"],
+                                 [list(c) for c in r.curve])
+            # One row per layer at the final round: the curve itself is a table, because the
+            # x-axis of every logged metric is the round.
+            sim.logger.log_metrics({f"{key}/k": r.k if r.k is not None else -1.0,
+                                    f"{key}/flipped_neurons": r.flipped,
+                                    f"{key}/aux_acc_after": r.aux_acc_after,
+                                    f"{key}/evaluations": len(r.curve)}, step)
+        if self.plots:
+            paths = [plot_activations(sim.run_dir / "flain_activations.png", results,
+                                      [r.activations for r in results],
+                                      [r.activations_triggered for r in results]),
+                     plot_threshold(sim.run_dir / "flain_threshold.png", results)]
+            for p in paths:
+                sim.logger.log_image(f"flain/{p.stem}", p, step)
+
+
+def _triggered_aux(sim) -> Optional[Tensor]:
+    """Raw triggered versions of the aux inputs the ASR would count, or None without a trigger."""
+    if sim.attack is None:
+        return None
+    out = sim.attack.test_set(sim.data.aux.x, sim.data.aux.y)
+    if out is None or out[0].shape[0] == 0:
+        return None
+    return out[0]
+
+
+def summarize(results: list[ThresholdResult]) -> dict[str, Any]:
+    """The ``summary["flain"]`` block. With one layer ``k``/``tolerance_reached``/``curve`` are
+    that layer's; with several they are lists in layer order. Counts are summed over layers."""
+    per_layer = {r.layer: {"k": r.k, "flipped_neurons": r.flipped, "total_neurons": r.total,
+                           "aux_acc_after": r.aux_acc_after, "tolerance_reached":
+                           r.tolerance_reached, "rescaled": r.rescaled, "fast_path": r.fast_path,
+                           "curve": {"k": [c[0] for c in r.curve],
+                                     "aux_acc": [c[1] for c in r.curve],
+                                     "flipped": [c[2] for c in r.curve]}}
+                 for r in results}
+    one = len(results) == 1
+    pick = (lambda key: per_layer[results[0].layer][key]) if one else \
+        (lambda key: [per_layer[r.layer][key] for r in results])
+    return {"mode": results[0].mode, "layers": [r.layer for r in results], "k": pick("k"),
+            "flipped_neurons": sum(r.flipped for r in results),
+            "total_neurons": sum(r.total for r in results),
+            "aux_acc_before": results[0].aux_acc_before, "aux_acc_after": results[-1].aux_acc_after,
+            "tolerance_reached": pick("tolerance_reached"), "curve": pick("curve"),
+            "per_layer": per_layer}
