@@ -2,14 +2,15 @@
 
 ``RunLogger`` is the one facade the simulation and callbacks use. Every method is a no-op on
 ranks other than 0. W&B runs offline unless ``mode: online`` is configured, so nothing waits on a
-login; ``round`` is the x-axis of every W&B chart. On resume, ``metrics.csv`` keeps the rows of
-the rounds the checkpoint covers and drops the rest, so a resumed run's file equals an
-uninterrupted one's.
+login; ``round`` is the x-axis of every W&B chart. On resume, ``metrics.csv`` and ``rounds.jsonl`` (one line
+per round: cohort, malicious clients, clients the rule accepted) keep the rounds the checkpoint
+covers and drop the rest, so a resumed run's files equal an uninterrupted one's.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,11 @@ class RunLogger:
         if resume_round > 0 and path.exists():
             with open(path, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(float(r["round"])) < resume_round]
+        records = self.run_dir / "rounds.jsonl"
+        kept = []
+        if resume_round > 0 and records.exists():
+            kept = [line for line in records.read_text().splitlines() if json.loads(line)["round"] < resume_round]
+        records.write_text("".join(line + "\n" for line in kept))
         if self.config.wandb:
             self._start_wandb(wandb_id)
 
@@ -90,6 +96,12 @@ class RunLogger:
         self._write_csv()
         if self.wandb_run is not None:
             self.wandb_run.log({"round": step, **scalars})
+
+    def log_round_record(self, record: dict[str, Any]) -> None:
+        """Appends one JSON line to rounds.jsonl: the round's cohort, attackers, accepted clients."""
+        if self.enabled:
+            with open(self.run_dir / "rounds.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def _write_csv(self) -> None:
         keys: dict[str, None] = {}

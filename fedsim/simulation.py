@@ -248,8 +248,13 @@ class Simulation:
         result = self.aggregator.aggregate(updates[:, :w], weights, ctx)
         buffers = weighted_mean(updates[:, w:], weights) if self.layout.num_buffers else updates.new_zeros(0)
         metrics.update(result.metrics)
+        all_ids = rows[:, 0].long().cpu()
+        record = {"round": r, "clients": all_ids.tolist(), "malicious": all_ids[malicious].tolist(),
+                  "dropped_nonfinite": rows[:, 0].long()[~keep].tolist()}
         if result.accepted is not None:
             metrics.update(_detection(result.accepted.cpu(), mal.cpu()))
+            record["accepted"] = ids[result.accepted.to(ids.device)].tolist()
+        self.logger.log_round_record(record)
         return self.global_params + torch.cat([result.update, buffers]), metrics
 
     def _server_update(self, r: int, per_class: Optional[int] = None) -> Tensor:

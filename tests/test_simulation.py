@@ -91,3 +91,6 @@ def test_two_processes_give_the_same_model_as_one(tmp_path):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
         assert a["malicious_in_cohort"] == b["malicious_in_cohort"] == "2"
         assert a["asr"] == b["asr"]
+    records = (tmp_path / "one" / "rounds.jsonl").read_text()
+    assert records == (tmp_path / "two" / "rounds.jsonl").read_text()
+    assert all(len(json.loads(line)["malicious"]) == 2 for line in records.splitlines())
