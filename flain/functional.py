@@ -94,7 +94,7 @@ def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: s
     neurons in ``mask`` (bool ``[in]``) flipped; ``acc_before`` defaults to ``aux_acc(no flips)``.
     The flipped sets are nested (the first n neurons by activation), so each is evaluated once."""
     if mode not in MODES:
-        raise ValueError(f"flain.mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"flain.mode must be one of {list(MODES)}, got {mode!r}")
     eligible = torch.argsort(act, stable=True)[int((act < 0).sum()):]  # ascending, act >= 0
     cache: dict[int, float] = {}
 
@@ -152,7 +152,7 @@ def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float,
         raise ValueError(f"flain.layers must be a non-empty list of distinct module names, "
                          f"got {layers!r}")
     if mode not in MODES:
-        raise ValueError(f"flain.mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"flain.mode must be one of {list(MODES)}, got {mode!r}")
     if not (k_step > 0 and 0 <= k_init <= k_cap):
         raise ValueError(f"flain needs k_step > 0 and 0 <= k_init <= k_cap, got k_init={k_init}, "
                          f"k_step={k_step}, k_cap={k_cap}")
