@@ -3,6 +3,7 @@ torch-only helpers of launch/flower_workloads.py)."""
 
 import importlib.util
 import math
+import sys
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from conftest import ROOT
 def _load(name):
     spec = importlib.util.spec_from_file_location(name, ROOT / "launch" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 import sys
 from pathlib import Path
@@ -201,7 +202,7 @@ def test_every_grid_expands_and_each_axis_value_parses(path, monkeypatch):
     grid = experiments.load_grid(str(path))
     cells = experiments.expand(grid)
     sizes = [len(v) for v in grid.axes.values()]
-    assert len(cells) == len(grid.seeds) * (1 if not sizes else __import__("math").prod(sizes))
+    assert len(cells) == len(grid.seeds) * math.prod(sizes)
     parser = build_parser()
     first = {a: next(iter(v)) for a, v in grid.axes.items()}
     probes = [dict(first, **{a: name}) for a, v in grid.axes.items() for name in v] or [{}]

@@ -22,7 +22,7 @@ def _final(run_dir):
 
 def _rows(run_dir):
     with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+        return [row for row in csv.DictReader(f) if row["train_loss"]]  # training rounds only
 
 
 def test_run_writes_every_output_and_learns(tiny_args, tmp_path):
@@ -77,7 +77,7 @@ def _cli(*args, env=None):
 
 
 def test_two_processes_give_the_same_model_as_one(tmp_path):
-    """Same cohorts, same attackers, same poisoned training, same final model (1 thread each)."""
+    """Same cohorts, attackers, poisoned training, final model and FLAIN repair (1 thread each)."""
     attack = ["--config", str(TINY.parent / "badnets.yaml")]
     one = _cli(sys.executable, "launch/train.py", "--config", str(TINY), *attack, "--run_dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
@@ -91,6 +91,9 @@ def test_two_processes_give_the_same_model_as_one(tmp_path):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
         assert a["malicious_in_cohort"] == b["malicious_in_cohort"] == "2"
         assert a["asr"] == b["asr"]
+    flain = [json.loads((tmp_path / d / "summary.json").read_text())["flain"] for d in ("one", "two")]
+    for key in ("k", "flipped_neurons", "asr_after", "acc_after"):
+        assert flain[0][key] == flain[1][key]
     records = (tmp_path / "one" / "rounds.jsonl").read_text()
     assert records == (tmp_path / "two" / "rounds.jsonl").read_text()
     assert all(len(json.loads(line)["malicious"]) == 2 for line in records.splitlines())
