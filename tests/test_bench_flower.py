@@ -55,14 +55,14 @@ def test_round_durations_are_gaps_between_evaluate_calls():
 
 def test_report_gives_rates_and_speed_up():
     # Prepare: Flower takes 4x the wall time and 2x the round time of ours
-    ours = bench.Timing("fedsim 1x2", wall_s=10.0, loop_s=5.0, samples=1000, final_acc=0.9)
-    theirs = bench.Timing("flower 2x1", wall_s=40.0, loop_s=10.0, samples=1000, final_acc=0.8)
+    ours = bench.Timing("fedsim 1x2", wall_s=10.0, round_s=[2.0, 1.0, 2.0], samples=1200, final_acc=0.9)
+    theirs = bench.Timing("flower 2x1", wall_s=40.0, round_s=[7.0, 2.0, 1.0], samples=1200, final_acc=0.8)
     # Execute
     lines = bench.report("W-X", [ours], theirs)
-    # Assert: 1000 / 10 = 100 and 1000 / 5 = 200 samples/s for ours
-    assert lines[0].split()[5:7] == ["100", "200"]
-    assert lines[1].split()[5:7] == ["25", "100"]
-    assert lines[2].endswith("fedsim 1x2 vs flower 2x1: end-to-end 4.00x, round loop 2.00x")
+    # Assert: ours 1200/10 = 120 and 1200/5 = 240 samples/s; rounds 2..R: 800 samples in 3 s
+    assert lines[0].split()[5:8] == ["120", "240", "267"]
+    assert lines[1].split()[5:8] == ["30", "120", "267"]
+    assert lines[2].endswith("fedsim 1x2 vs flower 2x1: end-to-end 4.00x, round loop 2.00x, rounds 2..R 1.00x")
 
 
 @pytest.mark.parametrize("text, expected", [("1x2", (1, 2)), ("2X1", (2, 1))])
