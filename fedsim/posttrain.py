@@ -16,7 +16,7 @@ defense's output, unless ``apply=True`` makes its result the simulation's final 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -25,12 +25,21 @@ from fedsim.callbacks import Callback
 
 
 class PostTrainingDefense(Callback):
-    """Base class. Args: apply: make the repaired model the simulation's final global model."""
+    """Base class.
+
+    Args:
+        apply: make the repaired model the simulation's final global model.
+        name: the summary key / file prefix; None = the class's default name.
+    """
 
     name = "defense"
 
-    def __init__(self, apply: bool = True) -> None:
+    def __init__(self, apply: bool = True, name: Optional[str] = None) -> None:
         self.apply = apply
+        if name is not None:
+            if not name.isidentifier():
+                raise ValueError(f"callbacks.name must be a Python identifier (letters, digits, _), got {name!r}")
+            self.name = name
 
     def repair(self, simulation) -> tuple[Tensor, dict[str, Any]]:
         """Rank 0 only. Returns (repaired full parameter vector [numel], info dict of floats/ints/

@@ -45,7 +45,10 @@ class FLAIN(PostTrainingDefense):
         rescale: rescale the repaired layer to the Frobenius norm of its trained weights (the
             scripts do; in exact mode the rescaled layer is what the search evaluates).
         batch_size: batch size of the forward passes over the auxiliary set.
-        plots: write flain_activations.png and flain_threshold.png into the run directory.
+        plots: write <name>_activations.png and <name>_threshold.png into the run directory.
+        apply: make the repaired model the simulation's final model.
+        name: key of the summary block, metrics prefix and file prefix (run two FLAIN
+            configurations side by side under different names).
         apply: make the repaired model the simulation's final global model.
     """
 
@@ -54,8 +57,8 @@ class FLAIN(PostTrainingDefense):
     def __init__(self, layers: Sequence[str] = ("fc1",), mode: str = "exact",
                  k_init: float = 0.001, k_step: float = 0.0001, k_cap: float = 1.0,
                  tolerance: float = 0.001, rescale: bool = True, batch_size: int = 512,
-                 plots: bool = True, apply: bool = True) -> None:
-        super().__init__(apply=apply)
+                 plots: bool = True, apply: bool = True, name: str = "flain") -> None:
+        super().__init__(apply=apply, name=name)
         layers = [layers] if isinstance(layers, str) else list(layers)
         check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size)
         self.layers, self.mode, self.rescale, self.plots = layers, mode, rescale, plots
@@ -81,7 +84,7 @@ class FLAIN(PostTrainingDefense):
     def _log(self, sim, results: list[ThresholdResult]) -> None:
         step = sim.rounds
         for r in results:
-            key = f"flain/{r.layer}"
+            key = f"{self.name}/{r.layer}"
             sim.logger.log_histogram(f"{key}/activation_clean", r.activations, step)
             if r.activations_triggered is not None:
                 sim.logger.log_histogram(f"{key}/activation_triggered", r.activations_triggered,
@@ -95,12 +98,12 @@ class FLAIN(PostTrainingDefense):
                                     f"{key}/aux_acc_after": r.aux_acc_after,
                                     f"{key}/evaluations": len(r.curve)}, step)
         if self.plots:
-            paths = [plot_activations(sim.run_dir / "flain_activations.png", results,
+            paths = [plot_activations(sim.run_dir / f"{self.name}_activations.png", results,
                                       [r.activations for r in results],
                                       [r.activations_triggered for r in results]),
-                     plot_threshold(sim.run_dir / "flain_threshold.png", results)]
+                     plot_threshold(sim.run_dir / f"{self.name}_threshold.png", results)]
             for p in paths:
-                sim.logger.log_image(f"flain/{p.stem}", p, step)
+                sim.logger.log_image(f"{self.name}/{p.stem}", p, step)
 
 
 def _triggered_aux(sim) -> Optional[Tensor]:
