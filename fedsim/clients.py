@@ -51,8 +51,10 @@ class ClientConfig:
             raise ValueError(f"client.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if not self.lr > 0:
             raise ValueError(f"client.lr must be > 0, got {self.lr}")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ValueError("client.momentum and client.weight_decay must be >= 0")
+        if self.momentum < 0:
+            raise ValueError(f"client.momentum must be >= 0, got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"client.weight_decay must be >= 0, got {self.weight_decay}")
         if self.epochs < 1:
             raise ValueError(f"client.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:

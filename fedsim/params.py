@@ -9,7 +9,8 @@ This is the only module that knows the layout of a model's state as a vector. Th
 (``updates[:, :num_weights]``); the buffer part is always combined with a sample-weighted mean.
 Mixing running statistics into the vectors that robust rules compare is a known pitfall of
 FLAME re-implementations (see REFERENCES.md), so we keep them apart by construction.
-Integer buffers (``num_batches_tracked``) are not federated: they are left as they are.
+Integer buffers (``num_batches_tracked``) are not federated: ``load`` resets them to zero, so a
+client's training never depends on which clients its process trained before.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class ParamLayout:
             raise ValueError(f"vector has {vec.numel()} entries, layout expects {self.numel}")
         for e, t in zip(self.entries, self._tensors(module)):
             t.copy_(vec[e.slice].view(e.shape))
+        for b in module.buffers():  # e.g. num_batches_tracked: restart per load, so a client's
+            if not b.is_floating_point():  # training never depends on what its rank did before
+                b.zero_()
 
     def view(self, vec: Tensor, name: str) -> Tensor:
         """The slice of ``vec`` that holds tensor ``name``, reshaped to its shape (a view)."""

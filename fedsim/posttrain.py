@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from fedsim.callbacks import Callback
+from fedsim.runtime.dist import run_on_zero
 
 
 class PostTrainingDefense(Callback):
@@ -46,15 +47,18 @@ class PostTrainingDefense(Callback):
         lists that goes into ``summary[name]``)."""
         raise NotImplementedError
 
+    def _timed_repair(self, simulation) -> tuple[Tensor, dict[str, Any]]:
+        start = time.perf_counter()
+        repaired, info = self.repair(simulation)
+        info["seconds"] = time.perf_counter() - start
+        if getattr(simulation, "train_seconds", 0) > 0:  # cost relative to the training rounds
+            info["seconds_vs_training"] = info["seconds"] / simulation.train_seconds
+        return repaired, info
+
     def on_train_end(self, fabric, simulation) -> None:
         theta_t = simulation.trained_params
         before = simulation.evaluate(theta_t)
-        info: dict[str, Any] = {}
-        repaired = torch.empty_like(theta_t)
-        if fabric.is_global_zero:
-            start = time.perf_counter()
-            repaired, info = self.repair(simulation)
-            info["seconds"] = time.perf_counter() - start
+        repaired, info = run_on_zero(fabric, lambda: self._timed_repair(simulation), (torch.empty_like(theta_t), {}))
         repaired = simulation.broadcast(repaired)
         after = simulation.evaluate(repaired)
         block = {**info}

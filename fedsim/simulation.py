@@ -76,8 +76,10 @@ class FedConfig:
         if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
             raise ValueError(f"fed.clients_per_round must be in [1, fed.num_clients={self.num_clients}], "
                              f"got {self.clients_per_round}")
-        if self.eval_every < 1 or self.checkpoint_every < 0:
-            raise ValueError("fed.eval_every must be >= 1 and fed.checkpoint_every >= 0")
+        if self.eval_every < 1:
+            raise ValueError(f"fed.eval_every must be >= 1, got {self.eval_every}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"fed.checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
         if self.aux_per_class < 0:
             raise ValueError(f"fed.aux_per_class must be >= 0, got {self.aux_per_class}")
 
@@ -127,6 +129,7 @@ class Simulation:
         self.rounds = 0
         self.summary: dict[str, Any] = {}
         self.asr_set = None
+        self.train_seconds = 0.0  # summed round time (sampling to broadcast), across resumes
 
     # ----------------------------------------------------------------- setup
     def normalize(self, x: Tensor) -> Tensor:
@@ -140,6 +143,11 @@ class Simulation:
     def setup(self, resume: Optional[str] = None) -> None:
         """Connects the components (facts known only now) and restores a checkpoint."""
         fed = self.fed
+        need = self.aggregator.min_clients()
+        if fed.cohort_size < need:
+            raise ValueError(f"aggregator: {type(self.aggregator).__name__} with these settings needs >= {need} "
+                             f"clients per round, fed.cohort_size is {fed.cohort_size}; lower aggregator.f / "
+                             f"aggregator.threshold or raise fed.clients_per_round")
         self.aggregator.connect(ServerContext(self.layout, self.device, fed.num_clients, self.config.seed))
         if self.attack is not None:
             self.attack.connect(AttackContext(
@@ -151,6 +159,9 @@ class Simulation:
         wandb_id = None
         if resume is not None:
             state = load_checkpoint(resume)
+            if state.get("seed", self.config.seed) != self.config.seed:
+                raise ValueError(f"resume: checkpoint {resume!r} was written with seed={state['seed']}, "
+                                 f"this run has seed={self.config.seed}; resume with the same seed")
             if state["global_params"].numel() != self.layout.numel:
                 raise ValueError(f"resume: checkpoint {resume!r} holds {state['global_params'].numel()} parameters, "
                                  f"the configured model has {self.layout.numel}")
@@ -162,6 +173,7 @@ class Simulation:
             if self.attack is not None:
                 self.attack.load_state_dict(state.get("attack", {}))
             wandb_id = state.get("wandb_id")
+            self.train_seconds = float(state.get("train_seconds", 0.0))
         self.rounds = self.start_round
         self.logger.start(self.start_round, wandb_id)
 
@@ -180,17 +192,19 @@ class Simulation:
             # SHARD + TRAIN: this rank's positions of the cohort
             mine = dist.shard(list(range(len(cohort))), fabric.global_rank, fabric.world_size)
             rows = self._train_clients(r, cohort, malicious, mine)
-            # GATHER: rows of all clients, sorted by client id (= cohort order)
+            # GATHER to the coordinator: rows of all clients, sorted by client id (= cohort order)
             max_rows = math.ceil(len(cohort) / fabric.world_size)
             gathered = dist.gather_rows(fabric, rows, max_rows)
             gathered = gathered[gathered[:, 0].argsort()]
-            # AGGREGATE on the coordinator, then BROADCAST
-            new_global, metrics = self._aggregate(r, gathered, malicious)
+            # AGGREGATE on the coordinator, then BROADCAST (an error there stops every rank)
+            new_global, metrics = dist.run_on_zero(fabric, lambda: self._aggregate(r, gathered, malicious),
+                                                   (torch.empty_like(self.global_params), {}))
             new_global = dist.broadcast(fabric, new_global)
             self.prev_global, self.global_params = self.global_params, new_global
             self.rounds = r + 1
             # EVALUATE (collective) and LOG (rank 0)
             metrics["round_seconds"] = time.perf_counter() - start
+            self.train_seconds += metrics["round_seconds"]
             metrics["malicious_in_cohort"] = int(malicious.sum())
             if (r + 1) % fed.eval_every == 0 or r + 1 == fed.rounds:
                 metrics.update(self._scalars(self.evaluate(self.global_params)))
@@ -231,10 +245,8 @@ class Simulation:
         return rows
 
     def _aggregate(self, r: int, rows: Tensor, malicious: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        """Rank 0 aggregates; other ranks return a placeholder that the broadcast overwrites."""
+        """Rank 0: drop non-finite rows, apply the rule to the weights, average the buffers."""
         metrics: dict[str, Any] = {"train_loss": float(weighted_mean(rows[:, 2:3], rows[:, 1])[0])}
-        if not self.fabric.is_global_zero:
-            return torch.empty_like(self.global_params), metrics
         w = self.layout.num_weights
         updates, weights, keep = drop_nonfinite(rows[:, META:], rows[:, 1])
         metrics["dropped_nonfinite"] = int((~keep).sum())
@@ -246,7 +258,11 @@ class Simulation:
                            server_update=lambda per_class=None: self._server_update(r, per_class),
                            malicious=mal)
         result = self.aggregator.aggregate(updates[:, :w], weights, ctx)
-        buffers = weighted_mean(updates[:, w:], weights) if self.layout.num_buffers else updates.new_zeros(0)
+        # BatchNorm statistics of clients the rule rejected must not sneak in through the buffers
+        kept = weights if result.accepted is None else weights * result.accepted.to(weights)
+        if kept.sum() <= 0:
+            kept = weights
+        buffers = weighted_mean(updates[:, w:], kept) if self.layout.num_buffers else updates.new_zeros(0)
         metrics.update(result.metrics)
         all_ids = rows[:, 0].long().cpu()
         record = {"round": r, "clients": all_ids.tolist(), "malicious": all_ids[malicious].tolist(),
@@ -258,16 +274,26 @@ class Simulation:
         return self.global_params + torch.cat([result.update, buffers]), metrics
 
     def _server_update(self, r: int, per_class: Optional[int] = None) -> Tensor:
-        """The server trains the global model on its auxiliary (root) data (FLTrust's g0): the
-        first ``per_class`` auxiliary samples of each class (the aux set is in random order)."""
+        """The server trains the global model on its auxiliary (root) data (FLTrust's g0):
+        ``per_class`` samples of each class, the same random ones every round (None = all)."""
         x, y = self.data.aux.x, self.data.aux.y
         if per_class is not None:
-            rank_in_class = torch.stack([(y[: i + 1] == y[i]).sum() for i in range(len(y))]) if len(y) else y
-            keep = rank_in_class <= per_class
+            keep = self._root_mask(per_class)
             x, y = x[keep], y[keep]
         res = local_train(_clone_module(self.model), self.layout, self.global_params, x, y,
                           self.client_config, self.config.seed, r, -1, self.normalize)
         return res.update[: self.layout.num_weights]
+
+    def _root_mask(self, per_class: int) -> Tensor:
+        if getattr(self, "_root", (None,))[0] != per_class:
+            y = self.data.aux.y.cpu()
+            order = torch.randperm(len(y), generator=generator(self.config.seed, "root"))
+            order = order[torch.sort(y[order], stable=True).indices]  # by class, random within
+            first = torch.searchsorted(y[order], y[order])  # where each sample's class begins
+            mask = torch.zeros(len(y), dtype=torch.bool)
+            mask[order[torch.arange(len(y)) - first < per_class]] = True
+            self._root = (per_class, mask.to(self.device))
+        return self._root[1]
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, params: Tensor) -> dict[str, Any]:
@@ -287,7 +313,7 @@ class Simulation:
         conf, loss = flat[: n * n].view(n, n), flat[n * n : n * n + 1]
         aux_conf = flat[n * n + 1 : 2 * n * n + 1].view(n, n)
         out = summarize_clean(conf, loss)
-        out["aux_acc"] = summarize_clean(aux_conf, loss)["acc"] if len(aux.y) else float("nan")
+        out["aux_acc"] = float(aux_conf.diagonal().sum() / aux_conf.sum()) if len(aux.y) else float("nan")
         if self.asr_set is not None:
             out["asr"] = rate(flat[2 * n * n + 1 :])
         self.model.train()
@@ -303,7 +329,8 @@ class Simulation:
     def _finish(self) -> dict[str, Any]:
         self.trained_params = self.global_params.clone()
         final = self.evaluate(self.trained_params)
-        self.summary.update({"rounds": self.rounds, "final": final, "num_parameters": self.layout.num_weights})
+        self.summary.update({"rounds": self.rounds, "final": final, "num_parameters": self.layout.num_weights,
+                             "train_seconds": self.train_seconds})
         self.save_checkpoint()  # theta_T, before any post-training defense changes the model
         self.fabric.call("on_train_end", self.fabric, self)
         if self.fabric.is_global_zero:
@@ -330,7 +357,8 @@ class Simulation:
         state = {"global_params": self.global_params.cpu(), "theta0": self.theta0.cpu(), "prev_global": prev, "round": self.rounds,
                  "aggregator": self.aggregator.state_dict(),
                  "attack": self.attack.state_dict() if self.attack is not None else {},
-                 "wandb_id": self.logger.wandb_id, "seed": self.config.seed}
+                 "wandb_id": self.logger.wandb_id, "seed": self.config.seed,
+                 "train_seconds": self.train_seconds}
         save_atomic(state, self.run_dir / "checkpoints" / "last.ckpt")
 
 

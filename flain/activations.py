@@ -136,7 +136,12 @@ class NetworkSplit:
 
 
 def _fx_split(model: nn.Module, name: str) -> tuple[fx.GraphModule, fx.GraphModule]:
-    gm = fx.symbolic_trace(model)
+    was_training = model.training
+    model.eval()  # functional dropout / batch norm must not be traced in training mode
+    try:
+        gm = fx.symbolic_trace(model)
+    finally:
+        model.train(was_training)
     nodes = list(gm.graph.nodes)
     calls = [n for n in nodes if n.op == "call_module" and n.target == name]
     if len(calls) != 1 or len(calls[0].args) != 1 or calls[0].kwargs:

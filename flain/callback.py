@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 from torch import Tensor
 
 from fedsim.posttrain import PostTrainingDefense
+from flain.activations import resolve_layer
 from flain.functional import ThresholdResult, check_config, flain_repair
 from flain.plots import plot_activations, plot_threshold
 
@@ -64,6 +65,11 @@ class FLAIN(PostTrainingDefense):
         self.layers, self.mode, self.rescale, self.plots = layers, mode, rescale, plots
         self.k_init, self.k_step, self.k_cap = k_init, k_step, k_cap
         self.tolerance, self.batch_size = tolerance, batch_size
+
+    def validate(self, model) -> None:
+        """Called on every rank before training: an unknown layer fails now, not after the run."""
+        for name in self.layers:
+            resolve_layer(model, name)
 
     def repair(self, simulation) -> tuple[Tensor, dict[str, Any]]:
         sim = simulation

@@ -80,7 +80,7 @@ def test_dba_local_triggers_are_the_papers_mnist_stripes_and_test_uses_their_uni
     x = torch.zeros(1, 1, 28, 28)
     stripes = [box([0], range(0, 4)), box([0], range(6, 10)), box([3], range(0, 4)), box([3], range(6, 10))]
     for rank in range(6):
-        assert changed_pixels(x, dba.apply_trigger(x, cctx(attacker_rank=rank))) == stripes[rank % 4]
+        assert changed_pixels(x, dba.apply_trigger(x, cctx(client_id=rank))) == stripes[rank % 4]
     assert changed_pixels(x, dba.test_set(x, torch.zeros(1, dtype=torch.long))[0]) == set().union(*stripes)
 
 

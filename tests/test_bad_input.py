@@ -26,7 +26,7 @@ def _fails(tiny_args, extra, error, match):
         (["--model.init_args.num_classes", "7"], ValueError, "num_classes"),
         (["--logger.mode", "sometimes"], ValueError, "logger.mode"),
         (["--threads", "0"], ValueError, "threads"),
-        (["--fed.num_clients", "5000"], ValueError, "num_clients|partition|empty"),
+        (["--fed.num_clients", "5000"], ValueError, r"fed\.num_clients"),
         (["--fed.aux_per_class", "100000"], ValueError, "aux_per_class"),
     ],
 )
@@ -53,3 +53,11 @@ def test_resume_from_a_checkpoint_of_another_model(tiny_args, tmp_path):
     wrong = tmp_path / "wrong.ckpt"
     torch.save({"global_params": torch.zeros(3), "theta0": torch.zeros(3), "round": 1}, wrong)
     _fails(tiny_args, ["--resume", str(wrong)], ValueError, "resume.*parameters")
+
+
+@pytest.mark.parametrize("rule", [["fedsim.aggregators.Krum", "--aggregator.f", "2"],
+                                  ["fedsim.aggregators.Bulyan", "--aggregator.f", "1"],
+                                  ["fedsim.aggregators.RLR", "--aggregator.threshold", "6"]])
+def test_rule_that_needs_more_clients_than_a_cohort_fails_before_training(tiny_args, tmp_path, rule):
+    _fails(tiny_args, ["--aggregator", *rule], ValueError, "aggregator.*fed.cohort_size is 5")
+    assert not (tmp_path / "run" / "metrics.csv").exists()

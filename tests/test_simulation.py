@@ -70,6 +70,22 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     assert _rows(tmp_path / "crashed")[3]["acc"] == _rows(tmp_path / "full")[3]["acc"]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fabric_run(*args):
+    """`fabric run` on 2 CPU processes, on a fresh port (a port still held by an earlier run
+    would make the rendezvous fail)."""
+    fabric_cli = [sys.executable, "-c", "from lightning.fabric.cli import _main; _main()"]
+    return _cli(*fabric_cli, "run", "--accelerator", "cpu", "--devices", "2", "--main_port", str(_free_port()),
+                "launch/train.py", *args)
+
+
 def _cli(*args, env=None):
     env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     env.pop("LT_CLI_USED", None)
@@ -81,9 +97,7 @@ def test_two_processes_give_the_same_model_as_one(tmp_path):
     attack = ["--config", str(TINY.parent / "badnets.yaml")]
     one = _cli(sys.executable, "launch/train.py", "--config", str(TINY), *attack, "--run_dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
-    fabric_cli = [sys.executable, "-c", "from lightning.fabric.cli import _main; _main()"]
-    two = _cli(*fabric_cli, "run", "--accelerator", "cpu", "--devices", "2", "launch/train.py",
-               "--config", str(TINY), *attack, "--run_dir", str(tmp_path / "two"))
+    two = _fabric_run("--config", str(TINY), *attack, "--run_dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
     diff = (_final(tmp_path / "one") - _final(tmp_path / "two")).abs().max()
     assert diff <= 1e-5
@@ -97,3 +111,12 @@ def test_two_processes_give_the_same_model_as_one(tmp_path):
     records = (tmp_path / "one" / "rounds.jsonl").read_text()
     assert records == (tmp_path / "two" / "rounds.jsonl").read_text()
     assert all(len(json.loads(line)["malicious"]) == 2 for line in records.splitlines())
+
+
+def test_an_error_on_the_coordinator_stops_every_rank_instead_of_hanging(tmp_path):
+    """FL-pruning with more voters than auxiliary samples fails inside repair(), on rank 0 only."""
+    broken = '[{"class_path": "fedsim.repair.FLPruning", "init_args": {"layer": "fc1", "num_voters": 1000}}]'
+    done = _fabric_run("--config", str(TINY), "--fed.rounds", "1", "--callbacks", broken,
+                       "--run_dir", str(tmp_path / "x"))
+    assert done.returncode != 0
+    assert "num_voters" in done.stderr

@@ -63,6 +63,11 @@ class Aggregator:
     def connect(self, ctx: ServerContext) -> None:
         self.ctx = ctx
 
+    def min_clients(self) -> int:
+        """Fewest clients a round needs for this rule's hyperparameters (checked before training
+        against the cohort size; rounds that lose clients to non-finite updates may still fail)."""
+        return 1
+
     def aggregate(self, updates: Tensor, weights: Tensor, ctx: RoundContext) -> AggregationResult:
         raise NotImplementedError
 

@@ -27,6 +27,9 @@ class Bulyan(Aggregator):
             raise ValueError(f"aggregator.f must be >= 0, got {f}")
         self.f = f
 
+    def min_clients(self) -> int:
+        return 4 * self.f + 3
+
     def aggregate(self, updates: Tensor, weights: Tensor, ctx: RoundContext) -> AggregationResult:
         n = updates.shape[0]
         if n < 4 * self.f + 3:

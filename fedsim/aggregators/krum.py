@@ -49,6 +49,9 @@ class Krum(Aggregator):
         _check_f(f)
         self.f = f
 
+    def min_clients(self) -> int:
+        return 2 * self.f + 3
+
     def aggregate(self, updates: Tensor, weights: Tensor, ctx: RoundContext) -> AggregationResult:
         n = updates.shape[0]
         check_krum_clients(n, self.f)
@@ -70,6 +73,9 @@ class MultiKrum(Aggregator):
             raise ValueError(f"aggregator.m must be >= 1 or null (= n - f), got {m}")
         self.f = f
         self.m = m
+
+    def min_clients(self) -> int:
+        return 2 * self.f + 3
 
     def aggregate(self, updates: Tensor, weights: Tensor, ctx: RoundContext) -> AggregationResult:
         n = updates.shape[0]

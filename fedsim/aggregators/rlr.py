@@ -34,6 +34,9 @@ class RLR(Aggregator):
         self.threshold = threshold
         self.server_lr = server_lr
 
+    def min_clients(self) -> int:
+        return self.threshold
+
     def aggregate(self, updates: Tensor, weights: Tensor, ctx: RoundContext) -> AggregationResult:
         n = updates.shape[0]
         if n < self.threshold:

@@ -8,7 +8,8 @@ Papers:
 - Blended: Chen, Liu, Li, Lu, Song, "Targeted Backdoor Attacks on Deep Learning Systems Using
   Data Poisoning", arXiv 1712.05526 (2017).
 - DBA: Xie, Huang, Chen, Li, "DBA: Distributed Backdoor Attacks against Federated Learning",
-  ICLR 2020. Attacker ``ctx.attacker_rank`` stamps local trigger ``attacker_rank % num_parts``;
+  ICLR 2020. Client ``c`` stamps local trigger ``c % num_parts`` whenever it attacks, so each
+  attacker keeps one part across rounds, as in the paper;
   the ASR is measured with the global trigger (all parts).
 
 Sample selection and relabelling are shared (``fedsim.attacks.poison.TargetedPoison``).
@@ -205,5 +206,5 @@ class DBA(TargetedPoison):
         self.mask = self.parts.any(dim=0)  # [H, W]: the global trigger
 
     def apply_trigger(self, x: Tensor, ctx: Optional[ClientContext]) -> Tensor:
-        mask = self.mask if ctx is None else self.parts[ctx.attacker_rank % self.num_parts]
+        mask = self.mask if ctx is None else self.parts[ctx.client_id % self.num_parts]
         return stamp(x, mask, self.value)

@@ -1,8 +1,8 @@
 """Collectives the round loop needs, hiding Fabric's shape rules.
 
-``fabric.all_gather`` needs equal shapes on every rank and adds no world dimension with one
-process; ``gather_rows`` pads and strips so the caller sees one ``[rows, cols]`` matrix in every
-case. Every function here is a collective: call it on every rank, in the same order.
+Ranks host different numbers of clients, but collectives need equal shapes: ``gather_rows``
+pads with NaN rows and strips them again, so the coordinator sees one ``[rows, cols]`` matrix for
+any number of processes (and a single process needs no collective at all). Every function here is a collective: call it on every rank, in the same order.
 """
 
 from __future__ import annotations
@@ -17,15 +17,42 @@ def shard(items: list[int], rank: int, world_size: int) -> list[int]:
     return items[rank::world_size]
 
 
-def gather_rows(fabric, rows: Tensor, max_rows: int) -> Tensor:
+def gather_rows(fabric, rows: Tensor, max_rows: int, dst: int = 0) -> Tensor:
     """Pads ``rows`` [k, c] (k <= max_rows) with NaN rows to ``max_rows`` and gathers every
-    rank's rows; returns [sum_k, c] with the padding removed (rows whose first column is NaN)."""
+    rank's rows on rank ``dst`` only (the others would only hold memory they never use); returns
+    [sum_k, c] with the padding removed (rows whose first column is NaN) on ``dst``, and an empty
+    [0, c] tensor elsewhere."""
     if fabric.world_size == 1:
         return rows
     padded = torch.full((max_rows, rows.shape[1]), float("nan"), dtype=rows.dtype, device=rows.device)
     padded[: rows.shape[0]] = rows
-    gathered = fabric.all_gather(padded).reshape(-1, rows.shape[1])
+    if fabric.global_rank != dst:
+        dist.gather(padded, dst=dst)
+        return rows[:0]
+    buffers = [torch.empty_like(padded) for _ in range(fabric.world_size)]
+    dist.gather(padded, gather_list=buffers, dst=dst)
+    gathered = torch.cat(buffers)
     return gathered[~torch.isnan(gathered[:, 0])]
+
+
+def run_on_zero(fabric, fn, placeholder):
+    """Runs ``fn`` on rank 0 only; if it raises, every rank raises (instead of the others
+    waiting forever in the next collective). Returns ``fn()`` on rank 0, ``placeholder`` elsewhere."""
+    error, result = None, placeholder
+    if fabric.is_global_zero:
+        try:
+            result = fn()
+        except Exception as err:  # re-raised below, after every rank knows
+            error = err
+    failed = torch.tensor([float(error is not None)])
+    if getattr(fabric, "world_size", 1) > 1:
+        failed = failed.to(fabric.device)
+        dist.broadcast(failed, src=0)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise RuntimeError("rank 0 failed (see its error above); stopping this rank too")
+    return result
 
 
 def broadcast(fabric, tensor: Tensor, src: int = 0) -> Tensor:
