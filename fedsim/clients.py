@@ -101,7 +101,8 @@ def local_train(
     opt = make_optimizer(model.parameters(), config.optimizer, lr, config.momentum, config.weight_decay)
     gen = generator(seed, round, client_id, "train")
     n, bs = len(y), config.batch_size
-    with torch.random.fork_rng(devices=[]):
+    # fork_rng restores the global RNG afterwards (the CUDA one too when training on a GPU)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(derive_seed(seed, round, client_id, "dropout"))
         for _ in range(epochs):
             perm = torch.randperm(n, generator=gen).to(x.device)

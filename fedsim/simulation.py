@@ -17,6 +17,7 @@ same order for any number of processes: 1 process and N processes give the same 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -37,7 +38,7 @@ from fedsim.metrics import clean_counts, rate, summarize_clean, target_hits
 from fedsim.params import ParamLayout
 from fedsim.runtime import dist
 from fedsim.runtime.checkpoint import load_checkpoint, save_atomic
-from fedsim.runtime.seeding import derive_seed, generator
+from fedsim.runtime.seeding import generator
 
 META = 3  # columns before the update in a gathered row: client id, samples, loss
 
@@ -134,11 +135,6 @@ class Simulation:
     # ----------------------------------------------------------------- setup
     def normalize(self, x: Tensor) -> Tensor:
         return self.data.normalize(x)
-
-    def make_model(self) -> nn.Module:
-        model = _clone_module(self.model)
-        self.layout.load(model, self.global_params)
-        return model
 
     def setup(self, resume: Optional[str] = None) -> None:
         """Connects the components (facts known only now) and restores a checkpoint."""
@@ -280,7 +276,7 @@ class Simulation:
         if per_class is not None:
             keep = self._root_mask(per_class)
             x, y = x[keep], y[keep]
-        res = local_train(_clone_module(self.model), self.layout, self.global_params, x, y,
+        res = local_train(copy.deepcopy(self.model), self.layout, self.global_params, x, y,
                           self.client_config, self.config.seed, r, -1, self.normalize)
         return res.update[: self.layout.num_weights]
 
@@ -360,12 +356,6 @@ class Simulation:
                  "wandb_id": self.logger.wandb_id, "seed": self.config.seed,
                  "train_seconds": self.train_seconds}
         save_atomic(state, self.run_dir / "checkpoints" / "last.ckpt")
-
-
-def _clone_module(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def _detection(accepted: Tensor, malicious: Tensor) -> dict[str, float]:
