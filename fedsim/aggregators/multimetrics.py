@@ -21,15 +21,13 @@ from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
 from fedsim.aggregators.functional import weighted_mean
+from fedsim.aggregators.flame import cosine_distances
 
 
 def multi_metrics_scores(updates: Tensor) -> Tensor:
     """``[n]`` whitened scores; lower means more typical."""
     u = updates
-    unit = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min(1e-30)
-    cos = (1.0 - (unit @ unit.T).double()).clamp_min(0.0)
-    cos = 0.5 * (cos + cos.T)
-    cos.fill_diagonal_(0.0)
+    cos = cosine_distances(u)
     manhattan = torch.cdist(u, u, p=1.0).double()
     euclid = torch.cdist(u, u, p=2.0, compute_mode="donot_use_mm_for_euclid_dist").double()
     features = torch.stack([cos.sum(1), manhattan.sum(1), euclid.sum(1)], dim=1)  # [n, 3]
