@@ -29,7 +29,7 @@ from fedsim.data import (
 )
 from fedsim.runtime.seeding import generator
 
-SHARED_MNIST = Path("/work/shared/data")
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ beside the repo
 
 
 # ---------------------------------------------------------------- embedded and real MNIST
