@@ -8,7 +8,10 @@ Hooks (all optional, each receives the Fabric object and the simulation):
                                                  (FLAIN, fine-pruning, ...) live here
 
 Rule: every hook runs on every rank (so it may call collectives); side effects such as logging
-or writing files happen on rank 0 only (``fabric.is_global_zero``).
+or writing files happen on rank 0 only (``fabric.is_global_zero``). In ``on_round_end`` the
+evaluation metrics (acc, asr, ...) are the same on every rank, but the aggregator's metrics
+(train_loss, detect/*, rule-specific keys) exist on rank 0 only: never branch on them in a way
+that changes which collectives a rank calls.
 """
 
 from __future__ import annotations
