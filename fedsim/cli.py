@@ -114,7 +114,19 @@ def execute(parser: ArgumentParser, cfg, init) -> dict:
         (run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
     sim = Simulation(fabric, data, init.model, SimulationConfig(init.fed, init.client, cfg.seed, run_dir),
                      init.aggregator, init.attack, callbacks, logger)
-    return sim.run(resume)
+    summary = sim.run(resume)
+    _shutdown(fabric)
+    return summary
+
+
+def _shutdown(fabric) -> None:
+    """Every rank waits for the others, then the process group is torn down explicitly: a rank
+    that exits while the group is still alive can abort (SIGABRT) in gloo's destructor."""
+    import torch.distributed as dist
+
+    if fabric.world_size > 1 and dist.is_available() and dist.is_initialized():
+        fabric.barrier()
+        dist.destroy_process_group()
 
 
 def _make_fabric(cfg, callbacks: list[Callback]):

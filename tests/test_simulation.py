@@ -89,7 +89,10 @@ def _fabric_run(*args):
 def _cli(*args, env=None):
     env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     env.pop("LT_CLI_USED", None)
-    return subprocess.run(list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # keep the lines that explain a failure (the progress bars would push them out of the message)
+    done.stderr = "\n".join(line for line in done.stderr.splitlines() if "rounds:" not in line)
+    return done
 
 
 def test_two_processes_give_the_same_model_as_one(tmp_path):
