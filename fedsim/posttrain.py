@@ -57,7 +57,9 @@ class PostTrainingDefense(Callback):
 
     def on_train_end(self, fabric, simulation) -> None:
         theta_t = simulation.trained_params
-        before = simulation.evaluate(theta_t)
+        # theta_T was just evaluated by the simulation (on every rank, so no collective is skipped
+        # on one rank only); reuse it instead of a second pass over the test and aux sets
+        before = simulation.summary.get("final") or simulation.evaluate(theta_t)
         repaired, info = run_on_zero(fabric, lambda: self._timed_repair(simulation), (torch.empty_like(theta_t), {}))
         repaired = simulation.broadcast(repaired)
         after = simulation.evaluate(repaired)

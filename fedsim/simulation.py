@@ -131,6 +131,7 @@ class Simulation:
         self.summary: dict[str, Any] = {}
         self.asr_set = None
         self.train_seconds = 0.0  # summed round time (sampling to broadcast), across resumes
+        self.last_eval: tuple[int, dict[str, Any]] = (-1, {})  # (rounds trained, evaluate() result)
 
     # ----------------------------------------------------------------- setup
     def normalize(self, x: Tensor) -> Tensor:
@@ -203,7 +204,8 @@ class Simulation:
             self.train_seconds += metrics["round_seconds"]
             metrics["malicious_in_cohort"] = int(malicious.sum())
             if (r + 1) % fed.eval_every == 0 or r + 1 == fed.rounds:
-                metrics.update(self._scalars(self.evaluate(self.global_params)))
+                self.last_eval = (self.rounds, self.evaluate(self.global_params))
+                metrics.update(self._scalars(self.last_eval[1]))
             self.logger.log_metrics(metrics, step=r)
             if fed.checkpoint_every and (r + 1) % fed.checkpoint_every == 0:
                 self.save_checkpoint()
@@ -221,7 +223,7 @@ class Simulation:
     def _train_clients(self, r: int, cohort: list[int], malicious: Tensor, mine: list[int]) -> Tensor:
         rows = torch.empty(len(mine), META + self.layout.numel, device=self.device)
         prev_update = None
-        if self.prev_global is not None:
+        if self.prev_global is not None and bool(malicious.any()):  # only attackers read it
             prev_update = (self.global_params - self.prev_global)[: self.layout.num_weights]
         attacker_rank = malicious.long().cumsum(0) - 1
         for i, pos in enumerate(mine):
@@ -324,7 +326,10 @@ class Simulation:
     # ----------------------------------------------------------------- end of training
     def _finish(self) -> dict[str, Any]:
         self.trained_params = self.global_params.clone()
-        final = self.evaluate(self.trained_params)
+        # the last round was always evaluated; a run resumed with no round left evaluates now
+        done, final = self.last_eval
+        if done != self.rounds:
+            final = self.evaluate(self.trained_params)
         self.summary.update({"rounds": self.rounds, "final": final, "num_parameters": self.layout.num_weights,
                              "train_seconds": self.train_seconds})
         self.save_checkpoint()  # theta_T, before any post-training defense changes the model
