@@ -3,8 +3,8 @@
 ``local_train(model, layout, global_params, data, config, seed_keys)`` gives the same update for
 the same (global model, client data, config, seed, round, client id) on any rank and in any
 process count: shuffling uses a generator seeded from (seed, round, client_id, "train"), and
-dropout draws from the global RNG, which is re-seeded from the same keys inside ``fork_rng`` so
-nothing leaks between clients. Batches are sliced from in-memory tensors (no DataLoader start-up
+dropout draws from the global RNG, which is re-seeded from the same keys and restored afterwards
+(``seeded_global_rng``) so nothing leaks between clients. Batches are sliced from in-memory tensors (no DataLoader start-up
 per client). A malicious client is the same loop with an ``Attack``'s hooks switched on.
 
 BatchNorm buffers: clients train in train mode, so their running statistics move; they travel in
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedsim.params import ParamLayout
-from fedsim.runtime.seeding import derive_seed, generator
+from fedsim.runtime.seeding import derive_seed, generator, seeded_global_rng
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -101,9 +101,8 @@ def local_train(
     opt = make_optimizer(model.parameters(), config.optimizer, lr, config.momentum, config.weight_decay)
     gen = generator(seed, round, client_id, "train")
     n, bs = len(y), config.batch_size
-    # fork_rng restores the global RNG afterwards (the CUDA one too when training on a GPU)
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(derive_seed(seed, round, client_id, "dropout"))
+    # the global RNG is restored afterwards (the GPU's too when training on one)
+    with seeded_global_rng(derive_seed(seed, round, client_id, "dropout"), x.device):
         for _ in range(epochs):
             perm = torch.randperm(n, generator=gen).to(x.device)
             total = torch.zeros((), device=x.device)

@@ -8,7 +8,6 @@ default layer ``fc1`` means what it means in the paper. ``FmnistCNN`` is their F
 from __future__ import annotations
 
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 
@@ -109,6 +108,8 @@ class ResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
+        import torchvision  # only this model needs it
+
         net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
         net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()

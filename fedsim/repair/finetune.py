@@ -7,7 +7,7 @@ Fine-Pruning, Liu et al., RAID 2018). ``train_on_aux`` is shared with ``FinePrun
 
 Deterministic for a seed: the shuffling comes from
 ``fedsim.runtime.seeding.generator(seed, name)``, and dropout draws from a private copy of the
-global RNG (``torch.random.fork_rng``) seeded from the same key, so the caller's RNG is untouched.
+global RNG (``fedsim.runtime.seeding.seeded_global_rng``) seeded from the same key, so the caller's RNG is untouched.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedsim.posttrain import PostTrainingDefense
-from fedsim.runtime.seeding import derive_seed, generator
+from fedsim.runtime.seeding import derive_seed, generator, seeded_global_rng
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -50,12 +50,9 @@ def train_on_aux(model: nn.Module, simulation, *, name: str, epochs: int, lr: fl
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.SGD(params, lr=lr, momentum=momentum) if optimizer == "sgd"
            else torch.optim.Adam(params, lr=lr))
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
     losses: list[float] = []
     model.train()
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(derive_seed(simulation.config.seed, name, "dropout"))
+    with seeded_global_rng(derive_seed(simulation.config.seed, name, "dropout"), device):
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=gen)
             total = 0.0
