@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -242,8 +242,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, int]:
     parser.add_argument("--grid", required=True, help="grid YAML file (format in this module's docstring)")
     parser.add_argument("--processes", type=int, default=1, help="cells run at once (threads each: cores // N)")
     parser.add_argument("--dry_run", action="store_true", help="print the cells' commands and exit")
+    parser.add_argument("--wandb", action="store_true",
+                        help="every cell also logs to W&B (--logger.wandb true), grouped under the grid's name")
     args = parser.parse_args(argv)
-    counts = run_grid(load_grid(args.grid), args.processes, args.dry_run)
+    grid = load_grid(args.grid)
+    if args.wandb:
+        grid = replace(grid, overrides={**grid.overrides, "logger.wandb": True})
+    counts = run_grid(grid, args.processes, args.dry_run)
     print(", ".join(f"{v} {k}" for k, v in counts.items()))
     return counts
 

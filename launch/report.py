@@ -14,6 +14,12 @@ Plots (matplotlib Agg): ``curves/<row>.png`` per-round ACC and ASR per column va
 seeds, from metrics.csv); ``asr_vs_mcr.png`` final ASR (after the post-training defense where
 there is one) against the "mcr" axis; ``flain_threshold.png`` FLAIN's aux accuracy against the
 threshold k (``summary["flain"]["curve"]``), skipped when no run has one.
+
+With ``--wandb`` the report also becomes one W&B run (job type "report", named
+``<grid>-report``, in the grid's W&B group, offline unless ``--wandb_mode online``): the results
+table and a per-run table (axis values, seed, ACC, ASR, post-training before/after) as
+``wandb.Table``s, and every plot as an image. Together with the cells' own runs (grid started
+with ``launch/experiments.py --wandb``), that group is the grid's dashboard.
 """
 
 from __future__ import annotations
@@ -253,16 +259,56 @@ def build_report(grid_dir: str, out: Optional[str] = None, column: str = "defens
     return {"table": table, "rows": rows, "columns": cols, "finished": done, "runs": len(runs), "figures": figures}
 
 
+def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "fedsim", mode: str = "offline",
+              entity: Optional[str] = None) -> Path:
+    """Logs the report as one W&B run in the grid's group; returns the run's local directory."""
+    import wandb
+
+    doc = json.loads((Path(grid_dir) / "cells.json").read_text())
+    name = doc.get("name") or Path(grid_dir).name
+    out_dir = Path(out)
+    with open(out_dir / "results.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    axes, runs = load_runs(Path(grid_dir))
+    per_run_cols = [*axes, "seed", "acc", "asr", "post_training", "acc_before", "asr_before", "acc_after",
+                    "asr_after"]
+    per_run = []
+    for r in runs:
+        if r["summary"] is None:
+            continue
+        n = run_numbers(r["summary"], "")
+        per_run.append([*(r["values"][a] for a in axes), r["seed"], *(n.get(k) for k in per_run_cols[len(axes) + 1:])])
+    run = wandb.init(project=project, entity=entity, group=name, name=f"{name}-report", job_type="report",
+                     dir=str(out_dir), mode=mode, config={"grid": name, "axes": axes})
+    run.log({"results": wandb.Table(columns=rows[0], data=rows[1:]),
+             "runs": wandb.Table(columns=per_run_cols, data=per_run),
+             **{f"plots/{p.relative_to(out_dir).with_suffix('').as_posix()}": wandb.Image(str(p))
+                for p in result["figures"]}})
+    run.summary.update({"finished": result["finished"], "runs": result["runs"]})
+    local = Path(run.dir).parent
+    run.finish()
+    return local
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("grid_dir", help="the grid's out_dir (holds cells.json)")
     parser.add_argument("--out", default=None, help="output folder (default: <grid_dir>/report)")
     parser.add_argument("--columns", default="defense", help="the axis shown as columns")
     parser.add_argument("--no_plots", action="store_true", help="only the table and the CSV")
+    parser.add_argument("--wandb", action="store_true", help="also log the report as a W&B run in the grid's group")
+    parser.add_argument("--wandb_project", default="fedsim", help="W&B project (with --wandb)")
+    parser.add_argument("--wandb_entity", default=None, help="W&B entity (with --wandb)")
+    parser.add_argument("--wandb_mode", default="offline", choices=["offline", "online", "disabled"],
+                        help="W&B mode (with --wandb); offline runs sync later with `wandb sync`")
     args = parser.parse_args(argv)
-    result = build_report(args.grid_dir, args.out, args.columns, not args.no_plots)
+    out = args.out or str(Path(args.grid_dir) / "report")
+    result = build_report(args.grid_dir, out, args.columns, not args.no_plots)
     print(result["table"])
-    print(f"{result['finished']}/{result['runs']} runs; wrote {args.out or Path(args.grid_dir) / 'report'}")
+    print(f"{result['finished']}/{result['runs']} runs; wrote {out}")
+    if args.wandb:
+        local = log_wandb(args.grid_dir, out, result, args.wandb_project, args.wandb_mode, args.wandb_entity)
+        print(f"W&B report run ({args.wandb_mode}): {local}")
     return result
 
 

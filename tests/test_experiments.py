@@ -183,6 +183,32 @@ def test_report_marks_missing_cells_and_skips_absent_flain_curve(tmp_path):
     assert result["finished"] == 1 and not (tmp_path / "rep/flain_threshold.png").exists()
 
 
+def test_report_wandb_logs_the_tables_and_plots_offline_in_the_grid_group(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    _fake_run(tmp_path / "a/seed0", 0.5, 0.25, (0.49, 0.0))
+    cells = [{"values": {"defense": "a"}, "seed": 0, "run_dir": str(tmp_path / "a/seed0")}]
+    (tmp_path / "cells.json").write_text(json.dumps({"name": "grid-9c1e", "axes": {"defense": ["a"]}, "cells": cells}))
+    report.main([str(tmp_path), "--out", str(tmp_path / "rep"), "--wandb"])
+    runs = list((tmp_path / "rep" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"grid-9c1e", b"grid-9c1e-report", b"results", b"plots/flain_threshold", b"report"):
+        assert key in records, key
+    tables = sorted(p.read_text() for p in (runs[0] / "files" / "media" / "table").rglob("*.json"))
+    assert any('"asr_after"' in t and "0.49" in t for t in tables)  # the per-run table
+    assert "W&B report run (offline)" in capsys.readouterr().out
+
+
+def test_experiments_wandb_flag_turns_on_wandb_in_every_cell(tmp_path, capsys):
+    spec = {"name": "g", "base": str(ROOT / "tests/configs/tiny.yaml"), "out_dir": str(tmp_path / "g"),
+            "seeds": [0], "axes": {"defense": {"fedavg": {"config": str(CONFIGS / "paper/defenses/fedavg.yaml")}}}}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    experiments.main(["--grid", str(path), "--dry_run", "--wandb"])
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("run"))
+    assert "--logger.wandb true" in line and "--logger.group g" in line
+
+
 # ----------------------------------------------------------------------------- every config parses
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_train_config_parses(path, monkeypatch):
