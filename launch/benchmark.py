@@ -1,6 +1,6 @@
 """Throughput of the simulator's local training vs the fused single-model limit.
 
-    python launch/benchmark.py [--data_dir ../shared/data] [--rounds 5] [--skip_two]
+    python launch/benchmark.py [--data_dir ../shared/data] [--rounds 5] [--skip_two] [--all]
 
 Prints measured figures only. Three measurements on the same machine, same workload (W-CNN:
 configs/bench/w_cnn.yaml, 10 clients x 600 full-MNIST samples per round, MnistCNN, SGD, batch 64):
@@ -13,6 +13,12 @@ configs/bench/w_cnn.yaml, 10 clients x 600 full-MNIST samples per round, MnistCN
 
 Simulator throughput = trained samples / summed round time (sampling, training, gathering,
 aggregation, broadcast; evaluation excluded since the fused loop does none).
+
+``--all`` then runs, in the same invocation and one after another, the other benchmark scripts
+so that every figure comes from one run on one machine: ``bench_flain.py`` (FLAIN exact vs
+reference search), ``bench_vmap.py`` (client loop vs ``torch.func.vmap``) and
+``bench_flower.py --ours 1x<cores> 1x1 2x1`` (vs Flower; skipped with a note when its venv is
+missing). Each prints its own measured ratios.
 """
 
 from __future__ import annotations
@@ -85,6 +91,8 @@ def main() -> None:
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip_two", action="store_true", help="skip the 2-process run")
+    parser.add_argument("--all", action="store_true",
+                        help="then run bench_flain.py, bench_vmap.py and bench_flower.py in this invocation")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     limit = fused(args.data_dir, args.rounds, cores)
@@ -97,6 +105,22 @@ def main() -> None:
     if not args.skip_two:
         two = simulator(args.data_dir, args.rounds, 2, max(1, cores // 2))
         print(f"simulator, 2 processes x {max(1, cores // 2)} thread(s): {two:8.0f} samples/s  ratio {two / limit:.3f}")
+        print(f"2 processes vs 1 process: {two / one:.3f}x")
+    if args.all:
+        run_others(args.data_dir, cores)
+
+
+def run_others(data_dir: str, cores: int) -> None:
+    """The other benchmark scripts, one after another, their output passed through."""
+    scripts = [["bench_flain.py"], ["bench_vmap.py", "--data_dir", data_dir]]
+    if (ROOT / ".bench-venv" / "bin" / "python").exists():
+        scripts.append(["bench_flower.py", "--data_dir", data_dir, "--ours", f"1x{cores}", "1x1", "2x1"])
+    else:
+        print("\nbench_flower.py skipped: no .bench-venv (python launch/bench_flower.py --setup)")
+    for script in scripts:
+        print(f"\n$ python launch/{' '.join(script)}", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "launch" / script[0]), *script[1:]], cwd=ROOT, check=True,
+                       env={**os.environ, "WANDB_MODE": "offline"})
 
 
 if __name__ == "__main__":
