@@ -112,11 +112,34 @@ def execute(parser: ArgumentParser, cfg, init) -> dict:
     if fabric.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
-    sim = Simulation(fabric, data, init.model, SimulationConfig(init.fed, init.client, cfg.seed, run_dir),
+    sim = Simulation(fabric, data, init.model,
+                     SimulationConfig(init.fed, init.client, cfg.seed, run_dir, trajectory(cfg)),
                      init.aggregator, init.attack, callbacks, logger)
     summary = sim.run(resume)
     _shutdown(fabric)
     return summary
+
+
+# Keys that may change between a checkpoint and its resume: more rounds, other evaluation and
+# checkpoint cadence, other post-training callbacks (FLAIN on a saved model), logging, hardware.
+RESUMABLE = {"fed": ("rounds", "eval_every", "checkpoint_every"), "data": ("data_dir", "download")}
+TRAJECTORY_KEYS = ("seed", "data", "partition", "model", "fed", "client", "aggregator", "attack")
+
+
+def trajectory(cfg) -> dict:
+    """The parts of a parsed config that determine the global model's trajectory, as plain
+    values; checkpoints store it and ``--resume`` refuses a different one."""
+    import json
+
+    plain = json.loads(json.dumps(cfg.as_dict(), default=str))
+    out = {key: plain.get(key) for key in TRAJECTORY_KEYS}
+    for key, free in RESUMABLE.items():
+        section = out.get(key) if isinstance(out.get(key), dict) else {}
+        args = section.get("init_args", section)  # a class's arguments, or a dataclass's fields
+        for name in free:
+            if isinstance(args, dict):
+                args.pop(name, None)
+    return out
 
 
 def _shutdown(fabric) -> None:

@@ -99,6 +99,9 @@ class SimulationConfig:
     client: ClientConfig
     seed: int
     run_dir: Path
+    # The configuration that determines the training trajectory (top-level key -> plain value),
+    # saved in checkpoints; resuming with a different one is refused (``fedsim.cli.trajectory``).
+    fingerprint: Optional[dict] = None
 
 
 def sample_cohort(seed: int, round: int, num_clients: int, size: int) -> list[int]:
@@ -159,6 +162,7 @@ class Simulation:
             if state.get("seed", self.config.seed) != self.config.seed:
                 raise ValueError(f"resume: checkpoint {resume!r} was written with seed={state['seed']}, "
                                  f"this run has seed={self.config.seed}; resume with the same seed")
+            _check_fingerprint(resume, state.get("fingerprint"), self.config.fingerprint)
             if state["global_params"].numel() != self.layout.numel:
                 raise ValueError(f"resume: checkpoint {resume!r} holds {state['global_params'].numel()} parameters, "
                                  f"the configured model has {self.layout.numel}")
@@ -359,8 +363,20 @@ class Simulation:
                  "aggregator": self.aggregator.state_dict(),
                  "attack": self.attack.state_dict() if self.attack is not None else {},
                  "wandb_id": self.logger.wandb_id, "seed": self.config.seed,
-                 "train_seconds": self.train_seconds}
+                 "train_seconds": self.train_seconds, "fingerprint": self.config.fingerprint}
         save_atomic(state, self.run_dir / "checkpoints" / "last.ckpt")
+
+
+def _check_fingerprint(resume: str, saved: Optional[dict], current: Optional[dict]) -> None:
+    """Refuses to continue a checkpoint under a configuration that would change its trajectory."""
+    if saved is None or current is None:
+        return  # checkpoints written before fingerprints existed, or runs built without the CLI
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if changed:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
+        raise ValueError(f"resume: checkpoint {resume!r} was written with a different configuration of "
+                         f"{', '.join(changed)} ({details[:600]}); resume with the same values or start a "
+                         f"new run_dir")
 
 
 def _detection(accepted: Tensor, malicious: Tensor) -> dict[str, float]:
