@@ -120,6 +120,29 @@ def aggregate(axes: dict[str, list[str]], runs: list[dict[str, Any]], column: st
     return row_axes, rows, cols, groups
 
 
+def claim_check(row_axes, rows, cols, groups, asr_max: float = 0.05, acc_drop_max: float = 0.005) -> list[str]:
+    """The FLAIN paper's claim, checked per row for every post-training column: mean ASR after
+    < ``asr_max`` and mean clean-accuracy loss (before - after) < ``acc_drop_max``. Returns
+    Markdown lines (empty when no column carries a post-training block)."""
+    lines = []
+    for col in cols:
+        cells = [(row, groups.get((row, col), [])) for row in rows]
+        cells = [(row, nums) for row, nums in cells if nums and all("acc_after" in n for n in nums)]
+        if not cells:
+            continue
+        met, missed = [], []
+        for row, nums in cells:
+            asr = mean_std([n["asr_after"] for n in nums if "asr_after" in n])[0]
+            drop = mean_std([n["acc_before"] - n["acc_after"] for n in nums])[0]
+            name = " / ".join(row) or "all"
+            text = f"{name} (ASR {100 * asr:.1f}%, ACC {-100 * drop:+.1f} pt)"
+            (met if asr < asr_max and drop < acc_drop_max else missed).append(text)
+        lines += [f"**{col}**: ASR after < {100 * asr_max:g}% with < {100 * acc_drop_max:g} pt clean-accuracy "
+                  f"loss in {len(met)} of {len(cells)} rows ({' x '.join(row_axes) or 'all'}).",
+                  "", f"- not met: {'; '.join(missed) if missed else 'none'}", ""]
+    return lines
+
+
 def markdown_table(row_axes, rows, cols, groups) -> str:
     head = [*row_axes, *cols] if row_axes else ["", *cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -254,9 +277,13 @@ def build_report(grid_dir: str, out: Optional[str] = None, column: str = "defens
     text = [f"# Grid {grid.name}", "",
             f"{done} of {len(runs)} runs finished. Cells: ACC / ASR in %, mean ± std over seeds; "
             "post-training defenses show before -> after.", "", table, ""]
+    claim = claim_check(row_axes, rows, cols, groups)
+    if claim:
+        text += ["## The FLAIN paper's claim (ASR < 5%, clean-accuracy loss < 0.5 pt)", "", *claim]
     text += [f"![{p.stem}]({p.relative_to(out_dir)})" for p in figures if p.parent == out_dir]
     (out_dir / "README.md").write_text("\n".join(text) + "\n")
-    return {"table": table, "rows": rows, "columns": cols, "finished": done, "runs": len(runs), "figures": figures}
+    return {"table": table, "rows": rows, "columns": cols, "finished": done, "runs": len(runs), "figures": figures,
+            "claim": claim}
 
 
 def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "fedsim", mode: str = "offline",

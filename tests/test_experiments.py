@@ -171,6 +171,10 @@ def test_report_table_has_mean_and_std_over_seeds_and_before_after_for_flain(tmp
     assert float(rows[3]["acc_after_mean"]) == pytest.approx(0.79) and float(rows[2]["asr_mean"]) == pytest.approx(0.6)
     for name in ("asr_vs_mcr.png", "flain_threshold.png", "curves/0.1.png", "README.md"):
         assert (tmp_path / "rep" / name).is_file(), name
+    # the claim check: ASR after 0% in both rows, ACC loss 1 pt in both -> met in 0 of 2 rows
+    assert result["claim"][0] == ("**flain**: ASR after < 5% with < 0.5 pt clean-accuracy loss in 0 of 2 rows (mcr).")
+    assert result["claim"][2] == "- not met: 0.1 (ASR 0.0%, ACC -1.0 pt); 0.2 (ASR 0.0%, ACC -1.0 pt)"
+    assert "## The FLAIN paper's claim" in (tmp_path / "rep/README.md").read_text()
 
 
 def test_report_marks_missing_cells_and_skips_absent_flain_curve(tmp_path):
@@ -181,6 +185,19 @@ def test_report_marks_missing_cells_and_skips_absent_flain_curve(tmp_path):
     result = report.build_report(str(tmp_path), str(tmp_path / "rep"))
     assert result["table"].splitlines()[2] == "| all | 50.0 / 25.0 | – |"
     assert result["finished"] == 1 and not (tmp_path / "rep/flain_threshold.png").exists()
+
+
+def test_claim_check_counts_rows_that_meet_both_bounds():
+    def run(acc_b, acc_a, asr_a):
+        return {"acc_before": acc_b, "acc_after": acc_a, "asr_before": 1.0, "asr_after": asr_a}
+    groups = {(("a",), "flain"): [run(0.90, 0.898, 0.049)],  # met: ASR 4.9%, loss 0.2 pt
+              (("b",), "flain"): [run(0.90, 0.894, 0.0)],    # missed: loss 0.6 pt
+              (("c",), "flain"): [run(0.90, 0.91, 0.051)],   # missed: ASR 5.1%
+              (("a",), "fedavg"): [{"acc": 0.9, "asr": 1.0}]}
+    lines = report.claim_check(["mcr"], [("a",), ("b",), ("c",)], ["fedavg", "flain"], groups)
+    assert lines[0].startswith("**flain**: ") and "in 1 of 3 rows (mcr)" in lines[0]
+    assert lines[2] == "- not met: b (ASR 0.0%, ACC -0.6 pt); c (ASR 5.1%, ACC +1.0 pt)"
+    assert len(lines) == 4  # fedavg has no post-training block: no claim lines
 
 
 def test_report_wandb_logs_the_tables_and_plots_offline_in_the_grid_group(tmp_path, monkeypatch, capsys):
