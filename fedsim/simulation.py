@@ -368,15 +368,43 @@ class Simulation:
 
 
 def _check_fingerprint(resume: str, saved: Optional[dict], current: Optional[dict]) -> None:
-    """Refuses to continue a checkpoint under a configuration that would change its trajectory."""
+    """Refuses to continue a checkpoint under a configuration that would change its trajectory.
+
+    Compared leaf by leaf (``client.lr``, ``aggregator.init_args.f``, ...) over the leaves both
+    sides have, so an option added to the code later (absent from an older checkpoint) does not
+    block resuming it; ``class_path`` values compare by the class they name, however spelled."""
     if saved is None or current is None:
         return  # checkpoints written before fingerprints existed, or runs built without the CLI
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    old, new = _leaves(saved), _leaves(current)
+    changed = [k for k in sorted(set(old) & set(new)) if old[k] != new[k]]
     if changed:
-        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
+        details = "; ".join(f"{k}: checkpoint {old[k]!r}, now {new[k]!r}" for k in changed)
         raise ValueError(f"resume: checkpoint {resume!r} was written with a different configuration of "
                          f"{', '.join(changed)} ({details[:600]}); resume with the same values or start a "
                          f"new run_dir")
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if prefix.endswith("class_path") and isinstance(tree, str):
+        return {prefix: _class_name(tree)}
+    return {prefix: tree}
+
+
+def _class_name(path: str) -> str:
+    """``fedsim.aggregators.Krum`` and ``fedsim.aggregators.krum.Krum`` name the same class."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return f"{cls.__module__}.{cls.__qualname__}"
+    except (ImportError, AttributeError, ValueError):
+        return path
 
 
 def _detection(accepted: Tensor, malicious: Tensor) -> dict[str, float]:

@@ -127,7 +127,8 @@ def claim_check(row_axes, rows, cols, groups, asr_max: float = 0.05, acc_drop_ma
     lines = []
     for col in cols:
         cells = [(row, groups.get((row, col), [])) for row in rows]
-        cells = [(row, nums) for row, nums in cells if nums and all("acc_after" in n for n in nums)]
+        cells = [(row, nums) for row, nums in cells if nums and all("acc_after" in n for n in nums)
+                 and any("asr_after" in n for n in nums)]  # no post-training block, or no attack: no claim
         if not cells:
             continue
         met, missed = [], []
@@ -279,7 +280,8 @@ def build_report(grid_dir: str, out: Optional[str] = None, column: str = "defens
             "post-training defenses show before -> after.", "", table, ""]
     claim = claim_check(row_axes, rows, cols, groups)
     if claim:
-        text += ["## The FLAIN paper's claim (ASR < 5%, clean-accuracy loss < 0.5 pt)", "", *claim]
+        text += ["## Post-training defenses against the FLAIN paper's claim (ASR < 5%, clean-accuracy loss "
+                 "< 0.5 pt)", "", *claim]
     text += [f"![{p.stem}]({p.relative_to(out_dir)})" for p in figures if p.parent == out_dir]
     (out_dir / "README.md").write_text("\n".join(text) + "\n")
     return {"table": table, "rows": rows, "columns": cols, "finished": done, "runs": len(runs), "figures": figures,
@@ -287,7 +289,7 @@ def build_report(grid_dir: str, out: Optional[str] = None, column: str = "defens
 
 
 def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "fedsim", mode: str = "offline",
-              entity: Optional[str] = None) -> Path:
+              entity: Optional[str] = None, column: str = "defense") -> Path:
     """Logs the report as one W&B run in the grid's group; returns the run's local directory."""
     import wandb
 
@@ -303,7 +305,8 @@ def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "f
     for r in runs:
         if r["summary"] is None:
             continue
-        n = run_numbers(r["summary"], "")
+        n = run_numbers(r["summary"], r["values"].get(column, ""))
+        n["post_training"] = n.pop("post", None)
         per_run.append([*(r["values"][a] for a in axes), r["seed"], *(n.get(k) for k in per_run_cols[len(axes) + 1:])])
     run = wandb.init(project=project, entity=entity, group=name, name=f"{name}-report", job_type="report",
                      dir=str(out_dir), mode=mode, config={"grid": name, "axes": axes})
@@ -334,7 +337,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     print(result["table"])
     print(f"{result['finished']}/{result['runs']} runs; wrote {out}")
     if args.wandb:
-        local = log_wandb(args.grid_dir, out, result, args.wandb_project, args.wandb_mode, args.wandb_entity)
+        local = log_wandb(args.grid_dir, out, result, args.wandb_project, args.wandb_mode, args.wandb_entity,
+                          args.columns)
         print(f"W&B report run ({args.wandb_mode}): {local}")
     return result
 

@@ -174,7 +174,7 @@ def test_report_table_has_mean_and_std_over_seeds_and_before_after_for_flain(tmp
     # the claim check: ASR after 0% in both rows, ACC loss 1 pt in both -> met in 0 of 2 rows
     assert result["claim"][0] == ("**flain**: ASR after < 5% with < 0.5 pt clean-accuracy loss in 0 of 2 rows (mcr).")
     assert result["claim"][2] == "- not met: 0.1 (ASR 0.0%, ACC -1.0 pt); 0.2 (ASR 0.0%, ACC -1.0 pt)"
-    assert "## The FLAIN paper's claim" in (tmp_path / "rep/README.md").read_text()
+    assert "## Post-training defenses against the FLAIN paper's claim" in (tmp_path / "rep/README.md").read_text()
 
 
 def test_report_marks_missing_cells_and_skips_absent_flain_curve(tmp_path):

@@ -37,6 +37,11 @@ def seeded_global_rng(seed: int, device: str | torch.device = "cpu") -> Iterator
     a 1.7 s training loop there (docs/benchmarks.md).
     """
     device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):  # MPS, XPU, ...: the generic (slower) path
+        with torch.random.fork_rng(device_type=device.type):
+            torch.manual_seed(seed)
+            yield
+        return
     cpu = torch.default_generator
     saved = cpu.get_state()
     gpu = None
