@@ -4,8 +4,8 @@
 the same (global model, client data, config, seed, round, client id) on any rank and in any
 process count: shuffling uses a generator seeded from (seed, round, client_id, "train"), and
 dropout draws from the global RNG, which is re-seeded from the same keys and restored afterwards
-(``seeded_global_rng``) so nothing leaks between clients. Batches are sliced from in-memory tensors (no DataLoader start-up
-per client). A malicious client is the same loop with an ``Attack``'s hooks switched on.
+(``seeded_global_rng``) so nothing leaks between clients. Batches are sliced from in-memory
+tensors (no DataLoader start-up per client). A malicious client is the same loop with an ``Attack``'s hooks switched on.
 
 BatchNorm buffers: clients train in train mode, so their running statistics move; they travel in
 the update's buffer part (see ``fedsim.params``) and the server averages them by sample count.

@@ -45,7 +45,7 @@ def clean_counts(model: nn.Module, x: Tensor, y: Tensor, normalize: Callable, nu
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
     """[C, C] float counts, row = true class, column = predicted class: the same matrix as
     ``torchmetrics.functional.classification.multiclass_confusion_matrix`` (tests check it), in one
-    ``bincount``; importing torchmetrics costs ~1 s per process (it imports scipy.signal)."""
+    ``bincount`` and without its per-call input validation."""
     flat = target.long() * num_classes + pred.long()
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes).float()
 

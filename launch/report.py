@@ -285,7 +285,7 @@ def build_report(grid_dir: str, out: Optional[str] = None, column: str = "defens
     text += [f"![{p.stem}]({p.relative_to(out_dir)})" for p in figures if p.parent == out_dir]
     (out_dir / "README.md").write_text("\n".join(text) + "\n")
     return {"table": table, "rows": rows, "columns": cols, "finished": done, "runs": len(runs), "figures": figures,
-            "claim": claim}
+            "claim": claim, "axes": axes, "records": runs}
 
 
 def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "fedsim", mode: str = "offline",
@@ -293,12 +293,11 @@ def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "f
     """Logs the report as one W&B run in the grid's group; returns the run's local directory."""
     import wandb
 
-    doc = json.loads((Path(grid_dir) / "cells.json").read_text())
-    name = doc.get("name") or Path(grid_dir).name
+    name = json.loads((Path(grid_dir) / "cells.json").read_text()).get("name") or Path(grid_dir).name
     out_dir = Path(out)
     with open(out_dir / "results.csv", newline="") as f:
         rows = list(csv.reader(f))
-    axes, runs = load_runs(Path(grid_dir))
+    axes, runs = result["axes"], result["records"]
     per_run_cols = [*axes, "seed", "acc", "asr", "post_training", "acc_before", "asr_before", "acc_after",
                     "asr_after"]
     per_run = []

@@ -6,8 +6,9 @@ Vulnerability of Backdoor Defenses for Federated Learning", AAAI 2023; and as th
 Fine-Pruning, Liu et al., RAID 2018). ``train_on_aux`` is shared with ``FinePruning``.
 
 Deterministic for a seed: the shuffling comes from
-``fedsim.runtime.seeding.generator(seed, name)``, and dropout draws from a private copy of the
-global RNG (``fedsim.runtime.seeding.seeded_global_rng``) seeded from the same key, so the caller's RNG is untouched.
+``fedsim.runtime.seeding.generator(seed, name)``, and dropout draws from the global RNG seeded
+from the same key and restored afterwards (``fedsim.runtime.seeding.seeded_global_rng``), so the
+caller's RNG is untouched.
 """
 
 from __future__ import annotations
