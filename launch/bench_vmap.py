@@ -52,7 +52,7 @@ def loop_round(model: nn.Module, layout: ParamLayout, theta: torch.Tensor, xs, y
     return torch.stack(rows)
 
 
-def vmap_round(model: nn.Module, theta: torch.Tensor, layout: ParamLayout, xs, ys, cfg: ClientConfig,
+def vmap_round(model: nn.Module, layout: ParamLayout, theta: torch.Tensor, xs, ys, cfg: ClientConfig,
                normalize) -> torch.Tensor:
     from torch.func import functional_call, grad, vmap
 
@@ -123,7 +123,7 @@ def main() -> None:
         xs = [splits.train.x[c * per:(c + 1) * per] for c in range(k)]
         ys = [splits.train.y[c * per:(c + 1) * per] for c in range(k)]
         t_loop, u_loop = timed(lambda: loop_round(model, layout, theta, xs, ys, cfg, normalize), args.repeats)
-        t_vmap, u_vmap = timed(lambda: vmap_round(model, theta, layout, xs, ys, cfg, normalize), args.repeats)
+        t_vmap, u_vmap = timed(lambda: vmap_round(model, layout, theta, xs, ys, cfg, normalize), args.repeats)
         w = layout.num_weights
         diff = (u_loop[:, :w] - u_vmap).abs().max().item()
         if name == "W-overhead" and diff > 1e-5:
