@@ -44,9 +44,9 @@ def run(
     seed: int = 0,
     run_dir: str = "runs/default",
     resume: Optional[str] = None,
-    threads: Optional[int] = None,
+    threads: int = 1,
     accelerator: str = "auto",
-    devices: Union[int, str] = 1,
+    devices: Union[int, str] = "auto",
     strategy: str = "auto",
     num_nodes: int = 1,
 ) -> None:
@@ -67,9 +67,13 @@ def run(
         resume: a checkpoint to continue from, or "auto" for <run_dir>/checkpoints/last.ckpt.
             A checkpoint of a finished run with fed.rounds unchanged runs no round: only the
             post-training callbacks (e.g. FLAIN on a saved model, without retraining).
-        threads: torch threads per process; None = CPU cores / processes on this node.
+        threads: torch threads per process (default 1). One thread per process makes every
+            number independent of the process count (more threads change float rounding in the
+            kernels); on CPU use more processes instead (``devices``).
         accelerator: used only when not started by `fabric run` (cpu, cuda, auto).
-        devices: used only when not started by `fabric run`.
+        devices: processes (or GPUs), used only when not started by `fabric run`. "auto" = on
+            CPU one process per core (capped at the cohort size; the environment variable
+            FEDSIM_CPU_PROCESSES overrides the core count), on a GPU 1.
         strategy: used only when not started by `fabric run`.
         num_nodes: used only when not started by `fabric run`.
     """
@@ -98,8 +102,8 @@ def prepare(args: Optional[list[str]] = None):
 def execute(parser: ArgumentParser, cfg, init) -> dict:
     """Builds the federation and the Fabric processes from a prepared config, then runs it."""
     callbacks = init.callbacks or []
-    fabric = _make_fabric(cfg, callbacks)
-    _set_threads(cfg.threads, fabric)
+    _set_threads(cfg.threads)
+    fabric = _make_fabric(cfg, callbacks, init.fed.cohort_size)
     run_dir = Path(cfg.run_dir)
     resume = _resolve_resume(cfg.resume, run_dir)
     splits = init.data.load()
@@ -152,22 +156,44 @@ def _shutdown(fabric) -> None:
         dist.destroy_process_group()
 
 
-def _make_fabric(cfg, callbacks: list[Callback]):
+def _make_fabric(cfg, callbacks: list[Callback], cohort_size: int):
     from lightning.fabric import Fabric
 
     if os.environ.get("LT_CLI_USED"):  # `fabric run` owns the hardware and started the processes
         return Fabric(callbacks=callbacks)
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+    devices = resolve_devices(cfg.devices, cfg.accelerator, cohort_size)
+    fabric = Fabric(accelerator=cfg.accelerator, devices=devices, strategy=cfg.strategy,
                     num_nodes=cfg.num_nodes, callbacks=callbacks)
     fabric.launch()
     return fabric
 
 
-def _set_threads(threads: Optional[int], fabric) -> None:
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    local = max(1, fabric.world_size // max(1, getattr(fabric, "num_nodes", 1)))
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local))
+def resolve_devices(devices: Union[int, str], accelerator: str, cohort_size: int) -> Union[int, str]:
+    """``devices: auto`` on CPU = one single-threaded process per core, at most one per client
+    of a round (FEDSIM_CPU_PROCESSES overrides the core count); on an accelerator 1. Other values
+    pass through to Fabric."""
+    if devices != "auto":
+        return devices
+    if accelerator not in ("cpu", "auto") or (accelerator == "auto" and _has_accelerator()):
+        return 1
+    cores = os.environ.get("FEDSIM_CPU_PROCESSES") or os.cpu_count() or 1
+    try:
+        cores = int(cores)
+    except ValueError:
+        raise ValueError(f"FEDSIM_CPU_PROCESSES must be a positive integer, got {cores!r}") from None
+    if cores < 1:
+        raise ValueError(f"FEDSIM_CPU_PROCESSES must be a positive integer, got {cores}")
+    return max(1, min(cores, cohort_size))
+
+
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+
+
+def _set_threads(threads: int) -> None:
+    if threads is None or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads}")
+    torch.set_num_threads(threads)
 
 
 def _resolve_resume(resume: Optional[str], run_dir: Path) -> Optional[str]:

@@ -27,19 +27,37 @@ def eval_batch_size(x: Tensor) -> int:
     return 1024 if x.device.type == "cuda" else 256
 
 
+def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[slice]:
+    """This rank's evaluation batches. Batch ``c`` is always samples ``[c * B, (c + 1) * B)`` and
+    goes to rank ``c % world``: every sample meets the same batch-mates for any process count,
+    so each batch's outputs (and sums) are the same numbers with 1 or N processes."""
+    return [slice(s, min(s + batch_size, n)) for s in range(rank * batch_size, n, world * batch_size)]
+
+
 @torch.no_grad()
 def clean_counts(model: nn.Module, x: Tensor, y: Tensor, normalize: Callable, num_classes: int,
-                 batch_size: int | None = None) -> tuple[Tensor, Tensor]:
-    """Returns (confusion matrix [C, C] as float counts, summed cross-entropy [1])."""
-    batch_size = batch_size or eval_batch_size(x)
+                 batch_size: int | None = None, batches: list[slice] | None = None
+                 ) -> tuple[Tensor, Tensor]:
+    """Returns (confusion matrix [C, C] as float counts, summed cross-entropy per batch
+    [len(batches)]). ``batches`` default: all of ``x`` in batches of ``batch_size``."""
+    if batches is None:
+        batches = shard_batches(len(y), batch_size or eval_batch_size(x))
     conf = torch.zeros(num_classes, num_classes, device=x.device)
-    loss = torch.zeros(1, device=x.device)
-    for s in range(0, len(y), batch_size):
-        logits = model(normalize(x[s : s + batch_size]))
-        yb = y[s : s + batch_size]
-        loss += F.cross_entropy(logits, yb, reduction="sum")
-        conf += confusion_matrix(logits.argmax(1), yb, num_classes)
+    loss = torch.zeros(len(batches), device=x.device)
+    for i, b in enumerate(batches):
+        logits = model(normalize(x[b]))
+        loss[i] = F.cross_entropy(logits, y[b], reduction="sum")
+        conf += confusion_matrix(logits.argmax(1), y[b], num_classes)
     return conf, loss
+
+
+def ordered_sum(values: Tensor) -> Tensor:
+    """``[1]``: the values added one by one in order, in their dtype (the same bits for any
+    process count, unlike a reduction whose order depends on the shards)."""
+    total = torch.zeros(1, dtype=values.dtype, device=values.device)
+    for v in values:
+        total += v
+    return total
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -52,14 +70,16 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
 
 @torch.no_grad()
 def target_hits(model: nn.Module, x: Tensor, target: Tensor, normalize: Callable,
-                batch_size: int | None = None) -> Tensor:
-    """Returns [hits, total]: how many inputs the model classifies as their ``target`` label."""
-    batch_size = batch_size or eval_batch_size(x)
+                batch_size: int | None = None, batches: list[slice] | None = None) -> Tensor:
+    """Returns [hits, total]: how many inputs (of ``batches``; default all) the model classifies
+    as their ``target`` label."""
+    if batches is None:
+        batches = shard_batches(len(target), batch_size or eval_batch_size(x))
     hits = torch.zeros(2, device=x.device)
-    for s in range(0, len(target), batch_size):
-        pred = model(normalize(x[s : s + batch_size])).argmax(1)
-        hits[0] += (pred == target[s : s + batch_size]).sum()
-    hits[1] = len(target)
+    for b in batches:
+        pred = model(normalize(x[b])).argmax(1)
+        hits[0] += (pred == target[b]).sum()
+        hits[1] += len(target[b])
     return hits
 
 

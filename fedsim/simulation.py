@@ -34,7 +34,8 @@ from fedsim.attacks.base import AttackContext, ClientContext
 from fedsim.callbacks import Callback
 from fedsim.clients import ClientConfig, local_train
 from fedsim.loggers import LoggerConfig, RunLogger
-from fedsim.metrics import clean_counts, rate, summarize_clean, target_hits
+from fedsim.metrics import (clean_counts, eval_batch_size, ordered_sum, rate, shard_batches,
+                            summarize_clean, target_hits)
 from fedsim.params import ParamLayout
 from fedsim.runtime import dist
 from fedsim.runtime.checkpoint import load_checkpoint, save_atomic
@@ -300,24 +301,33 @@ class Simulation:
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, params: Tensor) -> dict[str, Any]:
         """Clean ACC, loss, per-class ACC, aux ACC and ASR of ``params``. A collective: each rank
-        evaluates a shard of each set and the counts are summed."""
+        evaluates its batches of each set (``metrics.shard_batches``: the same batches for any
+        process count) and the counts are summed; the loss is summed per batch, in batch order,
+        so every number is the same with 1 or N processes."""
         rank, world = self.fabric.global_rank, self.fabric.world_size
         self.layout.load(self.model, params)
         self.model.eval()
         test, aux, n = self.data.test, self.data.aux, self.data.num_classes
-        conf, loss = clean_counts(self.model, test.x[rank::world], test.y[rank::world], self.normalize, n)
-        aux_conf, _ = clean_counts(self.model, aux.x[rank::world], aux.y[rank::world], self.normalize, n)
-        parts = [conf.flatten(), loss, aux_conf.flatten()]
+        size = eval_batch_size(test.x)
+        mine = shard_batches(len(test.y), size, rank, world)
+        conf, batch_loss = clean_counts(self.model, test.x, test.y, self.normalize, n, batches=mine)
+        nb = len(shard_batches(len(test.y), size))
+        loss = torch.zeros(nb, device=conf.device)
+        loss[rank::world] = batch_loss  # batch c of rank r is global batch r + c * world
+        aux_conf, _ = clean_counts(self.model, aux.x, aux.y, self.normalize, n,
+                                   batches=shard_batches(len(aux.y), size, rank, world))
+        parts = [conf.flatten(), aux_conf.flatten(), loss]
         if self.asr_set is not None:
             x, t = self.asr_set
-            parts.append(target_hits(self.model, x[rank::world], t[rank::world], self.normalize))
+            parts.append(target_hits(self.model, x, t, self.normalize,
+                                     batches=shard_batches(len(t), size, rank, world)))
         flat = dist.all_reduce_sum(self.fabric, torch.cat(parts))
-        conf, loss = flat[: n * n].view(n, n), flat[n * n : n * n + 1]
-        aux_conf = flat[n * n + 1 : 2 * n * n + 1].view(n, n)
+        conf, aux_conf = flat[: n * n].view(n, n), flat[n * n : 2 * n * n].view(n, n)
+        loss = ordered_sum(flat[2 * n * n : 2 * n * n + nb])
         out = summarize_clean(conf, loss)
         out["aux_acc"] = float(aux_conf.diagonal().sum() / aux_conf.sum()) if len(aux.y) else float("nan")
         if self.asr_set is not None:
-            out["asr"] = rate(flat[2 * n * n + 1 :])
+            out["asr"] = rate(flat[2 * n * n + nb :])
         self.model.train()
         return out
 

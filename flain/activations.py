@@ -226,13 +226,17 @@ class FlipEvaluator:
         return math.sqrt(self.norm2_t / self.norm2) if self.norm2 > 0 else 1.0
 
     @torch.no_grad()
-    def accuracy(self, mask: Tensor, rescale: bool) -> float:
+    def correct(self, mask: Tensor, rescale: bool) -> Tensor:
+        """``[n]`` bool: which auxiliary inputs the model with ``mask``'s neurons flipped gets right."""
         self._advance(mask)
         z = self.spec.add_bias(self.u * (self.scale() if rescale else 1.0),
                                None if self.bias is None else self.bias.double()).float()
-        correct, bs = 0, self.batch_size
+        out, bs = [], self.batch_size
         for i in range(0, z.shape[0], bs):
             extras = [e[i:i + bs] for e in self.cache.extras]
             logits = self.split.logits(z[i:i + bs], extras, self.x_in[i:i + bs])
-            correct += int((logits.argmax(1) == self.y[i:i + bs]).sum())
-        return correct / z.shape[0]
+            out.append(logits.argmax(1) == self.y[i:i + bs])
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=self.y.device)
+
+    def accuracy(self, mask: Tensor, rescale: bool) -> float:
+        return int(self.correct(mask, rescale).sum()) / self.y.shape[0]

@@ -43,11 +43,15 @@ class FLAIN(PostTrainingDefense):
         k_cap: largest threshold (both modes); input neurons above it are never flipped.
         tolerance: aux accuracy drop, as a fraction in [0, 1] (scripts: 0 MNIST, 0.024 FMNIST,
             0.001 CIFAR-10).
+        stop: exact mode's stopping rule: "drop" (keep the last k whose observed drop is
+            <= tolerance) or "confident" (keep the last k before the first whose drop exceeds
+            tolerance with the given confidence, from paired per-image correctness against
+            theta_T, so a single image does not decide k). Ignored in reference mode.
+        confidence: one-sided confidence of the "confident" rule, in [0.5, 1).
         rescale: rescale the repaired layer to the Frobenius norm of its trained weights (the
             scripts do; in exact mode the rescaled layer is what the search evaluates).
         batch_size: batch size of the forward passes over the auxiliary set.
         plots: write <name>_activations.png and <name>_threshold.png into the run directory.
-        apply: make the repaired model the simulation's final model.
         name: key of the summary block, metrics prefix and file prefix (run two FLAIN
             configurations side by side under different names).
         apply: make the repaired model the simulation's final global model.
@@ -57,11 +61,13 @@ class FLAIN(PostTrainingDefense):
 
     def __init__(self, layers: Sequence[str] = ("fc1",), mode: str = "exact",
                  k_init: float = 0.001, k_step: float = 0.0001, k_cap: float = 1.0,
-                 tolerance: float = 0.001, rescale: bool = True, batch_size: int = 512,
-                 plots: bool = True, apply: bool = True, name: str = "flain") -> None:
+                 tolerance: float = 0.001, stop: str = "drop", confidence: float = 0.95,
+                 rescale: bool = True, batch_size: int = 512, plots: bool = True,
+                 apply: bool = True, name: str = "flain") -> None:
         super().__init__(apply=apply, name=name)
         layers = [layers] if isinstance(layers, str) else list(layers)
-        check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size)
+        check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence)
+        self.stop, self.confidence = stop, confidence
         self.layers, self.mode, self.rescale, self.plots = layers, mode, rescale, plots
         self.k_init, self.k_step, self.k_cap = k_init, k_step, k_cap
         self.tolerance, self.batch_size = tolerance, batch_size
@@ -83,7 +89,8 @@ class FLAIN(PostTrainingDefense):
             sim.model, sim.layout, sim.theta0.to(device), sim.trained_params.to(device),
             sim.normalize(aux.x.to(device)), aux.y.to(device), self.layers, self.mode,
             self.k_init, self.k_step, self.k_cap, self.tolerance, self.rescale, self.batch_size,
-            triggered_x=None if triggered is None else sim.normalize(triggered.to(device)))
+            triggered_x=None if triggered is None else sim.normalize(triggered.to(device)),
+            stop=self.stop, confidence=self.confidence)
         self._log(sim, results)
         return vec, summarize(results)
 
@@ -135,7 +142,7 @@ def summarize(results: list[ThresholdResult]) -> dict[str, Any]:
     one = len(results) == 1
     pick = (lambda key: per_layer[results[0].layer][key]) if one else \
         (lambda key: [per_layer[r.layer][key] for r in results])
-    return {"mode": results[0].mode, "layers": [r.layer for r in results], "k": pick("k"),
+    return {"mode": results[0].mode, "stop": results[0].stop, "layers": [r.layer for r in results], "k": pick("k"),
             "flipped_neurons": sum(r.flipped for r in results),
             "total_neurons": sum(r.total for r in results),
             "aux_acc_before": results[0].aux_acc_before, "aux_acc_after": results[-1].aux_acc_after,

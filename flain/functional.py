@@ -24,6 +24,12 @@ model before FLAIN:
   sorted distinct activations in ``[0, k_cap]``; keep the LAST ``k`` whose drop stays within the
   tolerance (``drop <= tolerance``), stopping at the first that exceeds it. With ``rescale`` the
   rescaled layer is what is evaluated, so the returned model honours the tolerance.
+  ``stop="confident"`` replaces that rule by one that a single image cannot decide: compare each
+  candidate's per-input correctness on the aux set with theta_T's (paired: ``lost`` inputs it gets
+  wrong that theta_T got right, ``won`` the reverse), and stop at the first k whose drop exceeds
+  the tolerance with confidence ``confidence`` (one-sided normal bound on the paired difference,
+  ``(lost - won - z * sqrt(lost + won - (lost - won)^2 / n)) / n > tolerance``). With 800 aux
+  images, tolerance 0 and 95% confidence, three lost images and none won stop it; one never does.
 
 Several layers are repaired one after another, in the order given: each layer's activations are
 measured on the model with the earlier layers already repaired, and every layer's drop is
@@ -33,7 +39,9 @@ tolerance. Accuracies are fractions in [0, 1].
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -43,6 +51,7 @@ from fedsim.params import ParamLayout
 from flain.activations import FlipEvaluator, LayerSpec, NetworkSplit, resolve_layer
 
 MODES = ("exact", "reference")
+STOPS = ("drop", "confident")
 
 
 def flip_mask(act: Tensor, k: Optional[float]) -> Tensor:
@@ -84,31 +93,81 @@ class ThresholdResult:
     fast_path: bool = True
     activations: Optional[Tensor] = None  # [in] on clean aux data (the search's ranking)
     activations_triggered: Optional[Tensor] = None  # [in] on triggered aux data, if given
+    stop: str = "drop"  # exact mode's stopping rule ("drop" / "confident"); "first" in reference
 
 
 def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: str = "exact",
                      k_init: float = 0.001, k_step: float = 0.0001, k_cap: float = 1.0,
-                     tolerance: float = 0.001, acc_before: Optional[float] = None
-                     ) -> ThresholdResult:
+                     tolerance: float = 0.001, acc_before: Optional[float] = None,
+                     stop: str = "drop", confidence: float = 0.95,
+                     aux_correct: Optional[Callable[[Tensor], Tensor]] = None,
+                     correct_before: Optional[Tensor] = None) -> ThresholdResult:
     """Searches the flip threshold. ``aux_acc(mask)`` returns the aux accuracy with the input
     neurons in ``mask`` (bool ``[in]``) flipped; ``acc_before`` defaults to ``aux_acc(no flips)``.
-    The flipped sets are nested (the first n neurons by activation), so each is evaluated once."""
+    The flipped sets are nested (the first n neurons by activation), so each is evaluated once.
+
+    ``stop="confident"`` (exact mode) needs ``aux_correct(mask)``, the ``[n]`` bool vector of
+    correctly classified aux inputs, and ``correct_before`` (theta_T's; default: no flips)."""
     if mode not in MODES:
         raise ValueError(f"flain.mode must be one of {list(MODES)}, got {mode!r}")
+    if stop not in STOPS:
+        raise ValueError(f"flain.stop must be one of {list(STOPS)}, got {stop!r}")
     eligible = torch.argsort(act, stable=True)[int((act < 0).sum()):]  # ascending, act >= 0
-    cache: dict[int, float] = {}
+    cache: dict[int, object] = {}
+    paired = mode == "exact" and stop == "confident"
+    if paired and aux_correct is None:
+        raise ValueError("flain: stop='confident' needs the per-input correctness (aux_correct)")
 
-    def acc_of(n: int) -> float:  # accuracy with the n lowest eligible neurons flipped
+    def value_of(n: int):  # accuracy (or correctness vector) with the n lowest neurons flipped
         if n not in cache:
             mask = torch.zeros_like(act, dtype=torch.bool)
             mask[eligible[:n]] = True
-            cache[n] = aux_acc(mask)
+            cache[n] = aux_correct(mask) if paired else aux_acc(mask)
         return cache[n]
 
-    acc0 = acc_of(0) if acc_before is None else acc_before
-    search = _reference if mode == "reference" else _exact
-    k, n, reached, curve = search(act, acc_of, acc0, k_init, k_step, k_cap, tolerance)
-    return ThresholdResult(k, n, act.numel(), acc0, acc_of(n), reached, mode, curve)
+    def acc_of(n: int) -> float:
+        v = value_of(n)
+        return int(v.sum()) / v.numel() if paired else v
+
+    if paired:
+        before = value_of(0) if correct_before is None else correct_before
+        acc0 = int(before.sum()) / before.numel() if acc_before is None else acc_before
+        z = NormalDist().inv_cdf(confidence)
+        k, n, reached, curve = _confident(act, value_of, before, k_cap, tolerance, z)
+    else:
+        acc0 = acc_of(0) if acc_before is None else acc_before
+        search = _reference if mode == "reference" else _exact
+        k, n, reached, curve = search(act, acc_of, acc0, k_init, k_step, k_cap, tolerance)
+    return ThresholdResult(k, n, act.numel(), acc0, acc_of(n), reached, mode, curve,
+                           stop="confident" if paired else ("drop" if mode == "exact" else "first"))
+
+
+def paired_drop_bound(before: Tensor, after: Tensor, z: float) -> tuple[float, float]:
+    """(observed drop, lower confidence bound of the true drop) in accuracy, from paired
+    per-input correctness on the same inputs: ``lost`` inputs right before and wrong after,
+    ``won`` the reverse; drop = (lost - won) / n with the paired standard error
+    sqrt(lost + won - (lost - won)^2 / n) / n (the normal approximation of McNemar's setting)."""
+    n = before.numel()
+    lost = int((before & ~after).sum())
+    won = int((~before & after).sum())
+    diff = lost - won
+    se = math.sqrt(max(lost + won - diff * diff / n, 0.0)) / n
+    return diff / n, diff / n - z * se
+
+
+def _confident(act, correct_of, before, k_cap, tolerance, z):
+    """Exact-mode candidates; keep the last k before the first whose drop exceeds ``tolerance``
+    with the given confidence (its lower bound > tolerance), so one image never decides."""
+    candidates = torch.unique(act[(act >= 0) & (act <= k_cap)])
+    k, n, curve = None, 0, []
+    for v in candidates.tolist():
+        n_v = int(flip_mask(act, v).sum())
+        correct = correct_of(n_v)
+        curve.append((v, int(correct.sum()) / correct.numel(), n_v))
+        if paired_drop_bound(before, correct, z)[1] > tolerance + 1e-12:
+            return k, n, True, curve
+        k, n = v, n_v
+    return k, n, False, curve
 
 
 def _exact(act, acc_of, acc0, k_init, k_step, k_cap, tolerance):
@@ -146,7 +205,8 @@ def _reference(act, acc_of, acc0, k_init, k_step, k_cap, tolerance):
 
 
 def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float, k_cap: float,
-                 tolerance: float, batch_size: int) -> None:
+                 tolerance: float, batch_size: int, stop: str = "drop",
+                 confidence: float = 0.95) -> None:
     """Raises ValueError naming the first invalid FLAIN setting."""
     if isinstance(layers, str) or len(layers) == 0 or len(set(layers)) != len(layers):
         raise ValueError(f"flain.layers must be a non-empty list of distinct module names, "
@@ -160,36 +220,41 @@ def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float,
         raise ValueError(f"flain.tolerance must be in [0, 1], got {tolerance}")
     if batch_size < 1:
         raise ValueError(f"flain.batch_size must be >= 1, got {batch_size}")
+    if stop not in STOPS:
+        raise ValueError(f"flain.stop must be one of {list(STOPS)}, got {stop!r}")
+    if not 0.5 <= confidence < 1:
+        raise ValueError(f"flain.confidence must be in [0.5, 1), got {confidence}")
 
 
 def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t: Tensor,
                  aux_x: Tensor, aux_y: Tensor, layers: Sequence[str] = ("fc1",),
                  mode: str = "exact", k_init: float = 0.001, k_step: float = 0.0001,
                  k_cap: float = 1.0, tolerance: float = 0.001, rescale: bool = True,
-                 batch_size: int = 512, triggered_x: Optional[Tensor] = None
+                 batch_size: int = 512, triggered_x: Optional[Tensor] = None,
+                 stop: str = "drop", confidence: float = 0.95
                  ) -> tuple[Tensor, list[ThresholdResult]]:
     """Repairs ``theta_t`` with FLAIN; returns (repaired vector ``[numel]``, one result per
     layer). ``aux_x`` (and ``triggered_x``, only used to report activations on triggered inputs)
     must already be normalised; ``model`` is a scratch model (its parameters are overwritten)."""
-    check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size)
+    check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence)
     if aux_x.shape[0] == 0:
         raise ValueError("flain: aux_x (simulation.data.aux) is empty; FLAIN needs clean "
                          "auxiliary samples")
     specs = [resolve_layer(model, name) for name in layers]
-    vec, results, acc_before = theta_t.clone(), [], None
+    vec, results, before = theta_t.clone(), [], None
     for spec in specs:
-        res = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
-                            k_step, k_cap, tolerance, rescale, batch_size, acc_before,
-                            triggered_x)
-        acc_before = res.aux_acc_before if acc_before is None else acc_before
+        res, before = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
+                                    k_step, k_cap, tolerance, rescale, batch_size, before,
+                                    triggered_x, stop, confidence)
         results.append(res)
     return vec, results
 
 
 def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mode, k_init,
-                  k_step, k_cap, tolerance, rescale, batch_size, acc_before,
-                  triggered_x) -> ThresholdResult:
-    """Searches and writes one layer's repaired weights into ``vec`` (in place)."""
+                  k_step, k_cap, tolerance, rescale, batch_size, before, triggered_x, stop,
+                  confidence) -> tuple[ThresholdResult, Tensor]:
+    """Searches and writes one layer's repaired weights into ``vec`` (in place). ``before`` is
+    theta_T's per-input aux correctness (None for the first layer: measured here); returned."""
     layout.load(model, vec)
     w_name, b_name = f"{spec.name}.weight", f"{spec.name}.bias"
     w0 = layout.view(theta0, w_name)
@@ -197,10 +262,14 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
     bias = layout.view(vec, b_name) if b_name in layout else None
     ev = FlipEvaluator(NetworkSplit(model, spec), aux_x, aux_y, w0, delta, bias, batch_size)
     search_rescale = rescale and mode == "exact"
+    if before is None:
+        before = ev.correct(flip_mask(ev.act, None), False)
     res = search_threshold(ev.act, lambda m: ev.accuracy(m, search_rescale), mode=mode,
                            k_init=k_init, k_step=k_step, k_cap=k_cap, tolerance=tolerance,
-                           acc_before=acc_before if acc_before is not None
-                           else ev.accuracy(flip_mask(ev.act, None), False))
+                           acc_before=int(before.sum()) / before.numel(), stop=stop,
+                           confidence=confidence,
+                           aux_correct=lambda m: ev.correct(m, search_rescale),
+                           correct_before=before)
     mask = flip_mask(ev.act, res.k)
     res.rescaled = rescale and (mode == "exact" or res.tolerance_reached)
     res.aux_acc_after = ev.accuracy(mask, res.rescaled)  # also moves ev to this mask
@@ -210,4 +279,4 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
     if triggered_x is not None and triggered_x.shape[0] > 0:  # model still holds the input vec
         res.activations_triggered = spec.mean_activation(
             ev.split.capture(triggered_x, batch_size).x)
-    return res
+    return res, before

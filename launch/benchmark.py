@@ -1,6 +1,6 @@
 """Throughput of the simulator's local training vs the fused single-model limit.
 
-    python launch/benchmark.py [--data_dir ../shared/data] [--rounds 5] [--skip_two] [--all]
+    python launch/benchmark.py [--data_dir ../shared/data] [--rounds 5] [--skip_two] [--corun] [--all]
 
 Prints measured figures only. Three measurements on the same machine, same workload (W-CNN:
 configs/bench/w_cnn.yaml, 10 clients x 600 full-MNIST samples per round, MnistCNN, SGD, batch 64):
@@ -8,8 +8,13 @@ configs/bench/w_cnn.yaml, 10 clients x 600 full-MNIST samples per round, MnistCN
 1. fused: one model trained on rounds x 6,000 samples in a plain PyTorch loop (all cores as
    threads of one process; after one warm-up epoch) - the limit the ratios refer to; also with
    one thread, for reference;
-2. simulator, 1 process (threads = cores);
-3. simulator, `fabric run --devices 2` (one thread per process).
+2. simulator, 1 process x ``cores`` threads (the default layout before ``threads: 1``);
+3. simulator, `fabric run --devices 2` x 1 thread (today's default on 2 cores: ``devices: auto``
+   = one single-threaded process per core), and the ratio of 3 to 2.
+
+``--corun`` runs the same measurements while one other training job (W-CNN, 1 process x 1
+thread, endless) shares the machine, as on a workstation running a second experiment: a layout
+that oversubscribes the cores collapses there.
 
 Simulator throughput = trained samples / summed round time (sampling, training, gathering,
 aggregation, broadcast; evaluation excluded since the fused loop does none), over all rounds and
@@ -77,7 +82,7 @@ def simulator(data_dir: str, rounds: int, processes: int, threads: int) -> tuple
             "--data.init_args.data_dir", data_dir, "--fed.rounds", str(rounds), "--fed.eval_every", str(rounds)]
     env = {**os.environ, "WANDB_MODE": "offline"}
     if processes == 1:
-        cmd = [sys.executable, *args]
+        cmd = [sys.executable, *args, "--devices", "1"]
     else:
         cmd = [sys.executable, "-c", "from lightning.fabric.cli import _main; _main()", "run",
                "--accelerator", "cpu", "--devices", str(processes), *args]
@@ -95,26 +100,51 @@ def main() -> None:
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip_two", action="store_true", help="skip the 2-process run")
+    parser.add_argument("--corun", action="store_true",
+                        help="measure while one other single-threaded W-CNN training job runs")
     parser.add_argument("--all", action="store_true",
                         help="then run bench_flain.py, bench_vmap.py and bench_flower.py in this invocation")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
+    background = start_corun(args.data_dir) if args.corun else None
+    try:
+        measure(args, cores)
+    finally:
+        if background is not None:
+            background.kill()
+            background.wait()
+    if args.all:
+        run_others(args.data_dir, cores)
+
+
+def start_corun(data_dir: str) -> subprocess.Popen:
+    """One other training job for the whole measurement: W-CNN, 1 process x 1 thread, endless."""
+    run_dir = tempfile.mkdtemp(prefix="fedsim-corun-")
+    cmd = [sys.executable, "launch/train.py", "--config", str(CONFIG), "--run_dir", run_dir, "--threads", "1",
+           "--devices", "1", "--data.init_args.data_dir", data_dir, "--fed.rounds", "100000",
+           "--fed.eval_every", "100000", "--fed.checkpoint_every", "0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(15)  # past its start-up, into training
+    print("co-running: one W-CNN training job, 1 process x 1 thread")
+    return proc
+
+
+def measure(args, cores: int) -> None:
     limit = fused(args.data_dir, args.rounds, cores)
     print(f"fused single-model loop ({cores} threads): {limit:8.0f} samples/s")
     if cores > 1:
         one_thread = fused(args.data_dir, args.rounds, 1)
         print(f"fused single-model loop (1 thread):  {one_thread:8.0f} samples/s")
     one, one_warm = simulator(args.data_dir, args.rounds, 1, cores)
-    print(f"simulator, 1 process x {cores} threads:    all rounds {one:6.0f} samples/s, ratio {one / limit:.3f}; "
+    print(f"simulator, 1 process x {cores} threads (old default):    all rounds {one:6.0f} samples/s, ratio {one / limit:.3f}; "
           f"rounds 2..R {one_warm:6.0f} samples/s, ratio {one_warm / limit:.3f}")
     if not args.skip_two:
         t = max(1, cores // 2)
         two, two_warm = simulator(args.data_dir, args.rounds, 2, t)
-        print(f"simulator, 2 processes x {t} thread(s): all rounds {two:6.0f} samples/s, ratio {two / limit:.3f}; "
+        print(f"simulator, 2 processes x {t} thread(s) (default):  all rounds {two:6.0f} samples/s, ratio {two / limit:.3f}; "
               f"rounds 2..R {two_warm:6.0f} samples/s, ratio {two_warm / limit:.3f}")
         print(f"2 processes vs 1 process: {two / one:.3f}x (all rounds), {two_warm / one_warm:.3f}x (rounds 2..R)")
-    if args.all:
-        run_others(args.data_dir, cores)
 
 
 def run_others(data_dir: str, cores: int) -> None:

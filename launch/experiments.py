@@ -18,12 +18,21 @@ data splits x malicious client ratios x defenses x seeds. Grid file format::
         "0.1": {attack.schedule.mcr: 0.1}
         "0.2": {attack.schedule.mcr: 0.2}
 
+An axis value may restrict where it appears with two reserved keys: ``only`` (axis -> list of
+value names: the value is combined only with those) and ``seeds`` (a subset of the grid's seeds),
+e.g. ``krum: {config: configs/paper/defenses/krum.yaml, only: {mcr: ["0.2", "0.5"]}, seeds: [0, 1]}``.
+``order: seeds_first`` runs every cell of the first seed before any of the second (a grid that
+spans several sittings then has complete seeds early); the default varies the seed fastest.
+
 Override keys are train.py's dotted options with or without the leading ``--``; ``config`` takes a
 path or a list of paths (overlay files). Scalars are passed as text, lists and dicts as JSON.
 Argument order of a cell (later wins): ``--config base``, the grid's ``overrides`` config files,
 every axis's config files in axis order, the grid's dotted overrides, every axis's dotted
 overrides in axis order, then ``--seed``, ``--run_dir``, ``--logger.group``, ``--resume auto``
-and ``--threads``. So files come first and dotted keys refine them.
+``--threads 1`` and ``--devices``. So files come first and dotted keys refine them. Every cell
+trains with one torch thread per process (``--devices`` = cores // ``--processes`` processes),
+so a cell's numbers do not depend on how many cells run at once. ``cells.json`` records the git
+commit (and whether the tree was dirty) of the code that ran, per invocation.
 
 A cell's run directory is ``out_dir/<value names joined by "_">/seed<k>``. Cells whose
 ``summary.json`` exists are skipped; the others run with ``--resume auto`` (an interrupted cell
@@ -49,7 +58,9 @@ from typing import Any, Optional
 import yaml
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
-GRID_KEYS = {"name", "base", "out_dir", "seeds", "axes", "overrides"}
+GRID_KEYS = {"name", "base", "out_dir", "seeds", "axes", "overrides", "order"}
+RESERVED = ("only", "seeds")  # keys of an axis value that restrict it instead of overriding
+ORDERS = ("seeds_last", "seeds_first")
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,7 @@ class Grid:
     seeds: list[int]
     axes: dict[str, dict[str, dict[str, Any]]]
     overrides: dict[str, Any]
+    order: str = "seeds_last"
 
 
 @dataclass(frozen=True)
@@ -91,8 +103,30 @@ def load_grid(path: str) -> Grid:
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise ValueError(f"grid.overrides must be a mapping of dotted keys to values, got {overrides!r}")
+    order = raw.get("order", "seeds_last")
+    if order not in ORDERS:
+        raise ValueError(f"grid.order must be one of {list(ORDERS)}, got {order!r}")
+    axes = _check_axes(raw.get("axes") or {})
+    _check_restrictions(axes, seeds)
     return Grid(raw["name"], raw["base"], raw.get("out_dir") or f"runs/grids/{raw['name']}", seeds,
-                _check_axes(raw.get("axes") or {}), overrides)
+                axes, overrides, order)
+
+
+def _check_restrictions(axes: dict[str, dict[str, dict[str, Any]]], seeds: list[int]) -> None:
+    for axis, values in axes.items():
+        for name, ov in values.items():
+            only = ov.get("only", {})
+            if not isinstance(only, dict) or any(a not in axes or a == axis for a in only):
+                raise ValueError(f"grid.axes.{axis}.{name}.only must map other axes ({sorted(set(axes) - {axis})}) "
+                                 f"to lists of their value names, got {only!r}")
+            for a, allowed in only.items():
+                if not isinstance(allowed, list) or any(str(v) not in axes[a] for v in allowed):
+                    raise ValueError(f"grid.axes.{axis}.{name}.only.{a} must be a list of {list(axes[a])}, "
+                                     f"got {allowed!r}")
+            own = ov.get("seeds", seeds)
+            if not isinstance(own, list) or not own or any(s not in seeds for s in own):
+                raise ValueError(f"grid.axes.{axis}.{name}.seeds must be a non-empty subset of grid.seeds "
+                                 f"{seeds}, got {own!r}")
 
 
 def _check_axes(axes: Any) -> dict[str, dict[str, dict[str, Any]]]:
@@ -118,6 +152,8 @@ def _split(overrides: dict[str, Any]) -> tuple[list[str], list[str]]:
     dotted: list[str] = []
     for key, value in overrides.items():
         key = str(key).lstrip("-")
+        if key in RESERVED:
+            continue
         if key == "config":
             configs += [str(v) for v in (value if isinstance(value, list) else [value])]
         else:
@@ -153,15 +189,30 @@ def cell_args(grid: Grid, values: dict[str, str], seed: int, run_dir: str) -> li
                             "--logger.group", grid.name, "--resume", "auto"]
 
 
+def _allowed(grid: Grid, values: dict[str, str], seed: int) -> bool:
+    """Whether every value's ``only`` / ``seeds`` restriction admits this combination."""
+    for axis, name in values.items():
+        ov = grid.axes[axis][name]
+        if seed not in ov.get("seeds", grid.seeds):
+            return False
+        if any(str(values[a]) not in [str(v) for v in allowed] for a, allowed in ov.get("only", {}).items()):
+            return False
+    return True
+
+
 def expand(grid: Grid) -> list[Cell]:
-    """The cartesian product of the axes (first axis slowest) times the seeds (fastest)."""
+    """The cartesian product of the axes (first axis slowest) times the seeds (fastest, or
+    slowest with ``order: seeds_first``), minus what the values' restrictions exclude."""
     cells = []
     names = list(grid.axes)
-    for combo in itertools.product(*(list(grid.axes[a]) for a in names)):
-        values = dict(zip(names, combo))
-        for seed in grid.seeds:
-            run_dir = str(Path(grid.out_dir) / cell_name(values) / f"seed{seed}")
-            cells.append(Cell(values, seed, run_dir, cell_args(grid, values, seed, run_dir)))
+    combos = [dict(zip(names, c)) for c in itertools.product(*(list(grid.axes[a]) for a in names))]
+    pairs = ([(v, s) for s in grid.seeds for v in combos] if grid.order == "seeds_first"
+             else [(v, s) for v in combos for s in grid.seeds])
+    for values, seed in pairs:
+        if not _allowed(grid, values, seed):
+            continue
+        run_dir = str(Path(grid.out_dir) / cell_name(values) / f"seed{seed}")
+        cells.append(Cell(values, seed, run_dir, cell_args(grid, values, seed, run_dir)))
     dirs = [c.run_dir for c in cells]
     if len(set(dirs)) != len(dirs):
         raise ValueError("grid.axes: two cells map to the same run directory; make value names unique")
@@ -172,15 +223,16 @@ def is_done(cell: Cell) -> bool:
     return (Path(cell.run_dir) / "summary.json").is_file()
 
 
-def run_cell(cell: Cell, threads: int, python: str = sys.executable) -> tuple[str, float]:
-    """Runs one cell as a subprocess (isolated); output goes to <run_dir>/train.log.
-    Returns (status, seconds), status "ok" or "failed (exit N): <last line>"."""
+def run_cell(cell: Cell, devices: int, python: str = sys.executable) -> tuple[str, float]:
+    """Runs one cell as a subprocess (isolated) with ``devices`` single-threaded processes;
+    output goes to <run_dir>/train.log. Returns (status, seconds), status "ok" or
+    "failed (exit N): <last line>"."""
     Path(cell.run_dir).mkdir(parents=True, exist_ok=True)
     log = Path(cell.run_dir) / "train.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.perf_counter()
     with open(log, "a") as f:
-        rc = subprocess.run([python, str(TRAIN), *cell.args, "--threads", str(threads)],
+        rc = subprocess.run([python, str(TRAIN), *cell.args, "--threads", "1", "--devices", str(devices)],
                             stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     seconds = time.perf_counter() - start
     if rc == 0 and is_done(cell):
@@ -189,10 +241,28 @@ def run_cell(cell: Cell, threads: int, python: str = sys.executable) -> tuple[st
     return f"failed (exit {rc}): {lines[-1] if lines else 'no output'}", seconds
 
 
+def git_commit(repo: Path = TRAIN.parent.parent) -> str:
+    """``<commit>`` of the code that runs, ``+dirty`` if the tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
 def write_cells(grid: Grid, cells: list[Cell], status: dict[str, str], path: Path) -> None:
-    """cells.json: the grid's name, axes (value names in order) and one entry per cell."""
+    """cells.json: the grid's name, axes (value names in order), one entry per cell, and the
+    commits of the code that ran it (one per invocation of the grid runner)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    commits = json.loads(path.read_text()).get("commits", []) if path.is_file() else []
+    commit = git_commit()
+    if not commits or commits[-1] != commit:
+        commits.append(commit)
     doc = {"name": grid.name, "axes": {a: list(v) for a, v in grid.axes.items()}, "seeds": grid.seeds,
+           "commits": commits,
            "cells": [{**asdict(c), "status": status.get(c.run_dir, "pending")} for c in cells]}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2))
@@ -213,18 +283,19 @@ def run_grid(grid: Grid, processes: int = 1, dry_run: bool = False, python: str 
         return {"ran": 0, "skipped": len(cells) - len(todo), "failed": 0, "pending": len(todo)}
     cells_json = Path(grid.out_dir) / "cells.json"
     write_cells(grid, cells, status, cells_json)
-    threads = max(1, (os.cpu_count() or 1) // processes)
-    failed = _run_all(todo, processes, threads, python, status)
+    cores = int(os.environ.get("FEDSIM_CPU_PROCESSES") or os.cpu_count() or 1)  # as train.py's devices: auto
+    devices = max(1, cores // processes)
+    failed = _run_all(todo, processes, devices, python, status)
     write_cells(grid, cells, status, cells_json)
     return {"ran": len(todo) - failed, "skipped": len(cells) - len(todo), "failed": failed}
 
 
-def _run_all(todo: list[Cell], processes: int, threads: int, python: str, status: dict[str, str]) -> int:
+def _run_all(todo: list[Cell], processes: int, devices: int, python: str, status: dict[str, str]) -> int:
     from tqdm.auto import tqdm
 
     failed = 0
     with ThreadPoolExecutor(processes) as pool, tqdm(total=len(todo), desc="cells", dynamic_ncols=True) as bar:
-        futures = {pool.submit(run_cell, c, threads, python): c for c in todo}
+        futures = {pool.submit(run_cell, c, devices, python): c for c in todo}
         for future in as_completed(futures):
             cell = futures[future]
             state, seconds = future.result()
@@ -240,7 +311,7 @@ def _run_all(todo: list[Cell], processes: int, threads: int, python: str, status
 def main(argv: Optional[list[str]] = None) -> dict[str, int]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grid", required=True, help="grid YAML file (format in this module's docstring)")
-    parser.add_argument("--processes", type=int, default=1, help="cells run at once (threads each: cores // N)")
+    parser.add_argument("--processes", type=int, default=1, help="cells run at once (each with cores // N single-threaded processes)")
     parser.add_argument("--dry_run", action="store_true", help="print the cells' commands and exit")
     parser.add_argument("--wandb", action="store_true",
                         help="every cell also logs to W&B (--logger.wandb true), grouped under the grid's name")

@@ -36,6 +36,23 @@ from typing import Any, Optional
 METRICS = ("acc", "asr")
 
 
+def load_grids(grid_dirs: list[str]) -> tuple[dict[str, list[str]], list[dict[str, Any]], dict[str, list[str]]]:
+    """(axes, runs, commits) of one or more grids: axes merged (values in first-seen order),
+    runs concatenated, commits per grid name (from each ``cells.json``)."""
+    axes: dict[str, list[str]] = {}
+    runs: list[dict[str, Any]] = []
+    commits: dict[str, list[str]] = {}
+    for grid_dir in grid_dirs:
+        a, r = load_runs(Path(grid_dir))
+        for axis, values in a.items():
+            axes.setdefault(axis, [])
+            axes[axis] += [v for v in values if v not in axes[axis]]
+        runs += r
+        doc = json.loads((Path(grid_dir) / "cells.json").read_text())
+        commits[doc.get("name") or Path(grid_dir).name] = doc.get("commits", [])
+    return axes, runs, commits
+
+
 def load_runs(grid_dir: Path) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
     """(axes, runs) from ``cells.json``; each run: values, seed, run_dir, summary (None if absent)."""
     path = Path(grid_dir) / "cells.json"
@@ -71,6 +88,9 @@ def run_numbers(summary: dict[str, Any], column: str) -> dict[str, float]:
     if blocks:
         name = column if column in blocks else next(iter(blocks))
         out["post"] = name  # type: ignore[assignment]
+        for key in ("k", "flipped_neurons"):  # FLAIN's threshold and how many neurons it flipped
+            if isinstance(blocks[name].get(key), (int, float)):
+                out[key] = float(blocks[name][key])
         for m in METRICS:
             for when in ("before", "after"):
                 if f"{m}_{when}" in blocks[name]:
@@ -103,20 +123,45 @@ def format_cell(numbers: list[dict[str, Any]]) -> str:
     return pair("")
 
 
+def expand_post(runs: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    """A run whose summary holds several post-training blocks (e.g. FLAIN reference and exact as
+    callbacks of one FedAvg run) becomes one pseudo-run per block, in column ``<value>+<block>``,
+    plus the run itself in column ``<value>`` showing the trained model; runs with at most one
+    block are unchanged."""
+    out = []
+    for run in runs:
+        blocks = post_blocks(run["summary"]) if run["summary"] is not None else {}
+        if len(blocks) < 2:
+            out.append(run)
+            continue
+        col = run["values"].get(column, "result")
+        trained = {k: v for k, v in run["summary"].items() if k not in blocks}
+        out.append({**run, "summary": trained})
+        for name, block in blocks.items():
+            values = {**run["values"], column: f"{col}+{name}"}
+            out.append({**run, "values": values, "summary": {**trained, name: block}, "block": name})
+    return out
+
+
 def aggregate(axes: dict[str, list[str]], runs: list[dict[str, Any]], column: str):
     """(row axes, row keys, column values, {(row, col): [numbers of each finished seed]})."""
     row_axes = [a for a in axes if a != column]
-    cols = axes.get(column, ["result"])
+    cols = list(axes.get(column, ["result"]))
     rows: list[tuple[str, ...]] = []
     groups: dict[tuple[tuple[str, ...], str], list[dict[str, Any]]] = {}
     for run in runs:
         row = tuple(run["values"][a] for a in row_axes)
         col = run["values"].get(column, "result")
+        if col not in cols:  # a post-training block's pseudo-column, after its value's column
+            base = col.split("+")[0]
+            at = max(i for i, c in enumerate(cols) if c == base or c.startswith(base + "+")) + 1 \
+                if base in cols else len(cols)
+            cols.insert(at, col)
         if row not in rows:
             rows.append(row)
         bucket = groups.setdefault((row, col), [])
         if run["summary"] is not None:
-            bucket.append(run_numbers(run["summary"], col))
+            bucket.append(run_numbers(run["summary"], run.get("block", col)))
     return row_axes, rows, cols, groups
 
 
@@ -142,6 +187,54 @@ def claim_check(row_axes, rows, cols, groups, asr_max: float = 0.05, acc_drop_ma
                   f"loss in {len(met)} of {len(cells)} rows ({' x '.join(row_axes) or 'all'}).",
                   "", f"- not met: {'; '.join(missed) if missed else 'none'}", ""]
     return lines
+
+
+def flain_table(row_axes, rows, cols, groups) -> str:
+    """Per row and FLAIN-like column (one with a threshold ``k``): ASR after, clean-accuracy
+    change, k and flipped neurons, mean ± std over seeds. Empty when no column has a k."""
+    flain_cols = [c for c in cols if any("k" in n for r in rows for n in groups.get((r, c), []))]
+    if not flain_cols:
+        return ""
+    def ms(values, scale=1.0, fmt="{:.1f}"):
+        mean, std = mean_std(values)
+        if math.isnan(mean):
+            return "–"
+        return fmt.format(scale * mean) + ("" if len(values) < 2 else " ± " + fmt.format(scale * std))
+    head = [*row_axes, "column", "seeds", "ASR after (%)", "ACC change (pt)", "k", "flipped"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        for c in flain_cols:
+            nums = [n for n in groups.get((row, c), []) if "k" in n]
+            if not nums:
+                continue
+            lines.append("| " + " | ".join([*row, c, str(len(nums)),
+                                             ms([n["asr_after"] for n in nums if "asr_after" in n], 100),
+                                             ms([n["acc_after"] - n["acc_before"] for n in nums], 100, "{:+.2f}"),
+                                             ms([n["k"] for n in nums], 1, "{:.4f}"),
+                                             ms([n["flipped_neurons"] for n in nums if "flipped_neurons" in n], 1, "{:.0f}")])
+                         + " |")
+    return "\n".join(lines)
+
+
+def summary_by_column(rows, cols, groups) -> str:
+    """Over all rows: per post-training column, mean ASR after, mean ACC change, mean of the
+    per-row std of ASR after (the seed-to-seed spread) and of k."""
+    lines = ["| column | rows | mean ASR after (%) | mean ACC change (pt) | mean per-row std of ASR after (pt) "
+             "| mean per-row std of k |", "|---|---|---|---|---|---|"]
+    any_row = False
+    for c in cols:
+        per_row = [[n for n in groups.get((r, c), []) if "asr_after" in n] for r in rows]
+        per_row = [nums for nums in per_row if nums]
+        if not per_row:
+            continue
+        any_row = True
+        asr = statistics.fmean(mean_std([n["asr_after"] for n in nums])[0] for nums in per_row)
+        dacc = statistics.fmean(mean_std([n["acc_after"] - n["acc_before"] for n in nums])[0] for nums in per_row)
+        sd_asr = statistics.fmean(mean_std([n["asr_after"] for n in nums])[1] for nums in per_row)
+        ks = [mean_std([n["k"] for n in nums if "k" in n])[1] for nums in per_row if any("k" in n for n in nums)]
+        sd_k = f"{statistics.fmean(ks):.4f}" if ks else "–"
+        lines.append(f"| {c} | {len(per_row)} | {100 * asr:.1f} | {100 * dacc:+.2f} | {100 * sd_asr:.1f} | {sd_k} |")
+    return "\n".join(lines) if any_row else ""
 
 
 def markdown_table(row_axes, rows, cols, groups) -> str:
@@ -261,10 +354,13 @@ def _save(fig, path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- entry point
-def build_report(grid_dir: str, out: Optional[str] = None, column: str = "defense", plots: bool = True) -> dict[str, Any]:
-    """Writes README.md, results.csv and the plots into ``out`` (default <grid_dir>/report)."""
-    grid, out_dir = Path(grid_dir), Path(out) if out else Path(grid_dir) / "report"
-    axes, runs = load_runs(grid)
+def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", plots: bool = True) -> dict[str, Any]:
+    """Writes README.md, results.csv and the plots into ``out`` (default <grid_dir>/report).
+    ``grid_dir`` may be a list of grid directories: their runs are reported together."""
+    dirs = [grid_dir] if isinstance(grid_dir, (str, Path)) else list(grid_dir)
+    grid, out_dir = Path(dirs[0]), Path(out) if out else Path(dirs[0]) / "report"
+    axes, raw_runs, commits = load_grids([str(d) for d in dirs])
+    runs = expand_post(raw_runs, column)
     row_axes, rows, cols, groups = aggregate(axes, runs, column)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(row_axes, rows, cols, groups)
@@ -274,18 +370,27 @@ def build_report(grid_dir: str, out: Optional[str] = None, column: str = "defens
         figures = plot_curves(out_dir, runs, row_axes, rows, cols, column)
         figures += [p for p in (plot_asr_vs_x(out_dir, row_axes, rows, cols, groups),
                                 plot_flain_threshold(out_dir, runs)) if p is not None]
-    done = sum(r["summary"] is not None for r in runs)
-    text = [f"# Grid {grid.name}", "",
-            f"{done} of {len(runs)} runs finished. Cells: ACC / ASR in %, mean ± std over seeds; "
-            "post-training defenses show before -> after.", "", table, ""]
+    done = sum(r["summary"] is not None for r in raw_runs)
+    names = " + ".join(commits) or grid.name
+    text = [f"# Grid {names}", "",
+            f"{done} of {len(raw_runs)} runs finished. Cells: ACC / ASR in %, mean ± std over seeds; "
+            "post-training defenses show before -> after (`x+name`: post-training callback `name` of the "
+            "same `x` run).", ""]
+    text += [f"Code: {name} ran at commit(s) {', '.join(c) or 'unrecorded'}." for name, c in commits.items()]
+    text += ["", table, ""]
     claim = claim_check(row_axes, rows, cols, groups)
     if claim:
         text += ["## Post-training defenses against the FLAIN paper's claim (ASR < 5%, clean-accuracy loss "
                  "< 0.5 pt)", "", *claim]
+    ftable = flain_table(row_axes, rows, cols, groups)
+    if ftable:
+        text += ["## FLAIN per row: ASR after, clean-accuracy change, threshold k, flipped neurons "
+                 "(mean ± std over seeds)", "", ftable, "", "Over all rows:", "",
+                 summary_by_column(rows, cols, groups), ""]
     text += [f"![{p.stem}]({p.relative_to(out_dir)})" for p in figures if p.parent == out_dir]
     (out_dir / "README.md").write_text("\n".join(text) + "\n")
     return {"table": table, "rows": rows, "columns": cols, "finished": done, "runs": len(runs), "figures": figures,
-            "claim": claim, "axes": axes, "records": runs}
+            "claim": claim, "axes": axes, "records": runs, "commits": commits}
 
 
 def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "fedsim", mode: str = "offline",
@@ -304,7 +409,7 @@ def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "f
     for r in runs:
         if r["summary"] is None:
             continue
-        n = run_numbers(r["summary"], r["values"].get(column, ""))
+        n = run_numbers(r["summary"], r.get("block", r["values"].get(column, "")))
         n["post_training"] = n.pop("post", None)
         per_run.append([*(r["values"][a] for a in axes), r["seed"], *(n.get(k) for k in per_run_cols[len(axes) + 1:])])
     run = wandb.init(project=project, entity=entity, group=name, name=f"{name}-report", job_type="report",
@@ -321,7 +426,7 @@ def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "f
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("grid_dir", help="the grid's out_dir (holds cells.json)")
+    parser.add_argument("grid_dir", nargs="+", help="the grid's out_dir (holds cells.json); several are reported together")
     parser.add_argument("--out", default=None, help="output folder (default: <grid_dir>/report)")
     parser.add_argument("--columns", default="defense", help="the axis shown as columns")
     parser.add_argument("--no_plots", action="store_true", help="only the table and the CSV")
@@ -331,12 +436,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--wandb_mode", default="offline", choices=["offline", "online", "disabled"],
                         help="W&B mode (with --wandb); offline runs sync later with `wandb sync`")
     args = parser.parse_args(argv)
-    out = args.out or str(Path(args.grid_dir) / "report")
+    out = args.out or str(Path(args.grid_dir[0]) / "report")
     result = build_report(args.grid_dir, out, args.columns, not args.no_plots)
     print(result["table"])
     print(f"{result['finished']}/{result['runs']} runs; wrote {out}")
     if args.wandb:
-        local = log_wandb(args.grid_dir, out, result, args.wandb_project, args.wandb_mode, args.wandb_entity,
+        local = log_wandb(args.grid_dir[0], out, result, args.wandb_project, args.wandb_mode, args.wandb_entity,
                           args.columns)
         print(f"W&B report run ({args.wandb_mode}): {local}")
     return result

@@ -6,6 +6,8 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# devices: auto = one process per core; in-process test runs must stay in the pytest process
+os.environ["FEDSIM_CPU_PROCESSES"] = "1"
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ from fedsim.models import MnistCNN
 from fedsim.params import ParamLayout
 from flain import (FLAIN, FlipEvaluator, NetworkSplit, flain_repair, flip_columns, flip_mask,
                    resolve_layer, search_threshold)
+from flain.functional import paired_drop_bound
 
 
 class SmallCNN(nn.Module):
@@ -318,3 +319,52 @@ def test_callback_without_attack_and_with_empty_aux(tmp_path):
     sim.data.aux = SimpleNamespace(x=sim.data.aux.x[:0], y=sim.data.aux.y[:0])
     with pytest.raises(ValueError, match="simulation.data.aux"):
         FLAIN().repair(sim)
+
+
+def test_paired_drop_bound_by_hand():
+    before = torch.tensor([True] * 8 + [False] * 2)
+    after = before.clone()
+    after[:3] = False  # lost 3
+    after[8] = True  # won 1
+    drop, low = paired_drop_bound(before, after, z=1.645)
+    # diff 2 of n 10; se = sqrt(3 + 1 - 4 / 10) / 10 = 0.18974
+    assert drop == pytest.approx(0.2)
+    assert low == pytest.approx(0.2 - 1.645 * 0.189737, abs=1e-5)
+
+
+def correctness_table(n: int, lost: list[int]):
+    """aux_correct(mask) for 800 inputs all right before: ``lost[j]`` wrong with j flips."""
+    def correct(mask):
+        out = torch.ones(n, dtype=torch.bool)
+        out[: lost[int(mask.sum())]] = False
+        return out
+    return correct
+
+
+def test_confident_stop_is_not_decided_by_one_image():
+    act = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
+    lost = [0, 1, 0, 1, 3, 6]  # one image comes and goes; then 3 and 6 images lost
+    correct = correctness_table(800, lost)
+    old = search_threshold(act, lambda m: float(correct(m).float().mean()), mode="exact",
+                           tolerance=0.001)
+    assert old.flipped == 0  # the drop rule stops at the first lost image
+    new = search_threshold(act, None, mode="exact", tolerance=0.0, stop="confident",
+                           aux_correct=correct)
+    # 1 lost of 800: bound 1/800 - 1.645 * 1/800 < 0; 3 lost: 3 - 1.645 * sqrt(3) = 0.15 > 0
+    assert (new.flipped, new.k, new.tolerance_reached, new.stop) == (3, pytest.approx(0.3), True,
+                                                                     "confident")
+    assert new.aux_acc_search == 799 / 800 and [c[2] for c in new.curve] == [1, 2, 3, 4]
+    loose = search_threshold(act, None, mode="exact", tolerance=0.005, stop="confident",
+                             aux_correct=correct)
+    assert loose.flipped == 5 and not loose.tolerance_reached  # 6 lost: bound 0.0045 < 0.005
+
+
+def test_confident_stop_is_checked_and_reference_mode_ignores_it():
+    with pytest.raises(ValueError, match="flain.stop must be one of"):
+        FLAIN(stop="never")
+    with pytest.raises(ValueError, match="flain.confidence"):
+        FLAIN(stop="confident", confidence=1.0)
+    act = torch.tensor([0.3, 0.1])
+    res = search_threshold(act, table_acc([0.9, 0.9, 0.8]), mode="reference", k_init=0.05,
+                           k_step=0.1, tolerance=0.05, stop="confident")
+    assert res.stop == "first" and res.flipped == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from fedsim.metrics import clean_counts, confusion_matrix, eval_batch_size
+from fedsim.metrics import clean_counts, confusion_matrix, eval_batch_size, ordered_sum, shard_batches
 from fedsim.runtime.seeding import seeded_global_rng
 
 
@@ -56,5 +56,20 @@ def test_clean_counts_does_not_depend_on_the_batch_size():
     conf_a, loss_a = clean_counts(model, x, y, lambda t: t, 3, batch_size=8)
     conf_b, loss_b = clean_counts(model, x, y, lambda t: t, 3)
     assert torch.equal(conf_a, conf_b) and conf_a.sum() == 70
-    assert torch.allclose(loss_a, loss_b, rtol=1e-5)
+    assert loss_a.shape == (9,) and loss_b.shape == (1,)
+    assert torch.allclose(loss_a.sum(), loss_b.sum(), rtol=1e-5)
     assert eval_batch_size(x) == 256
+
+
+def test_shard_batches_give_every_sample_once_in_the_same_batch_for_any_world_size():
+    one = shard_batches(70, 8)
+    for world in (2, 3, 4):
+        shards = [shard_batches(70, 8, r, world) for r in range(world)]
+        merged = sorted((b for s in shards for b in s), key=lambda b: b.start)
+        assert merged == one  # the same batches, only distributed over the ranks
+        assert [b.start // 8 for b in shards[1]] == list(range(1, 9, world))
+
+
+def test_ordered_sum_adds_in_order_in_the_values_dtype():
+    v = torch.tensor([1e8, 1.0, -1e8, 1.0])
+    assert ordered_sum(v).item() == 1.0  # (1e8 + 1) rounds to 1e8 in float32, then + (-1e8) + 1

@@ -107,22 +107,44 @@ def _cli(*args, env=None):
     return done
 
 
-def test_two_processes_give_the_same_model_as_one(tmp_path):
-    """Same cohorts, attackers, poisoned training, final model and FLAIN repair (1 thread each)."""
+TIMINGS = {"seconds", "seconds_vs_training", "train_seconds", "round_seconds"}
+
+
+def _numbers(tree, prefix=""):
+    """Every number (and string) in a summary, by dotted key, timings left out."""
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            if key not in TIMINGS:
+                out.update(_numbers(value, f"{prefix}.{key}" if prefix else key))
+        return out
+    if isinstance(tree, list):
+        out = {}
+        for i, value in enumerate(tree):
+            out.update(_numbers(value, f"{prefix}[{i}]"))
+        return out
+    return {prefix: tree}
+
+
+def test_two_processes_give_exactly_the_numbers_of_one_with_default_settings(tmp_path):
+    """Default threads: every summary.json number (FLAIN block included), the final model's bits,
+    every metrics.csv value and rounds.jsonl are the same for 1 process and `fabric run --devices 2`."""
     attack = ["--config", str(TINY.parent / "badnets.yaml")]
-    one = _cli(sys.executable, "launch/train.py", "--config", str(TINY), *attack, "--run_dir", str(tmp_path / "one"))
+    one = _cli(sys.executable, "launch/train.py", "--config", str(TINY), *attack, "--devices", "1",
+               "--run_dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
     two = _fabric_run("--config", str(TINY), *attack, "--run_dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
-    diff = (_final(tmp_path / "one") - _final(tmp_path / "two")).abs().max()
-    assert diff <= 1e-5
-    for a, b in zip(_rows(tmp_path / "one"), _rows(tmp_path / "two")):
-        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
-        assert a["malicious_in_cohort"] == b["malicious_in_cohort"] == "2"
-        assert a["asr"] == b["asr"]
-    flain = [json.loads((tmp_path / d / "summary.json").read_text())["flain"] for d in ("one", "two")]
-    for key in ("k", "flipped_neurons", "asr_after", "acc_after"):
-        assert flain[0][key] == flain[1][key]
+    assert torch.equal(_final(tmp_path / "one"), _final(tmp_path / "two"))
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")]
+    numbers = [_numbers(s) for s in summaries]
+    assert numbers[0] == numbers[1]
+    assert "flain.k" in numbers[0] and "final.loss" in numbers[0] and "flain.asr_after" in numbers[0]
+    rows = [_rows(tmp_path / d) for d in ("one", "two")]
+    for a, b in zip(*rows):
+        assert {k: v for k, v in a.items() if k != "round_seconds"} == \
+            {k: v for k, v in b.items() if k != "round_seconds"}
+        assert a["malicious_in_cohort"] == "2"
     records = (tmp_path / "one" / "rounds.jsonl").read_text()
     assert records == (tmp_path / "two" / "rounds.jsonl").read_text()
     assert all(len(json.loads(line)["malicious"]) == 2 for line in records.splitlines())
