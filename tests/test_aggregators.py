@@ -36,15 +36,16 @@ from fedsim.aggregators.multimetrics import multi_metrics_scores
 T = torch.tensor
 
 
-def make_ctx(n, client_ids=None, server_update=None, seed=0, round=0):
+def make_ctx(n, d, client_ids=None, server_update=None, seed=0, round=0, global_weights=None):
     ids = torch.arange(n) if client_ids is None else torch.as_tensor(client_ids)
     gen = torch.Generator().manual_seed(seed)
-    return RoundContext(round, torch.zeros(1), ids, gen, server_update=server_update)
+    g = torch.zeros(d) if global_weights is None else global_weights  # zero: models == updates
+    return RoundContext(round, g, ids, gen, server_update=server_update)
 
 
 def run(agg, updates, weights=None, **ctx_kwargs):
     weights = torch.ones(updates.shape[0]) if weights is None else weights
-    return agg.aggregate(updates, weights, make_ctx(updates.shape[0], **ctx_kwargs))
+    return agg.aggregate(updates, weights, make_ctx(*updates.shape, **ctx_kwargs))
 
 
 # One factory per class, configured for the 7-client invariant tests (f = 1 attacker).
@@ -64,8 +65,9 @@ FACTORIES = {
     "MultiMetrics": MultiMetrics,
 }
 DETECTION = ["Krum", "MultiKrum", "Bulyan", "FLTrust", "FoolsGold", "FLAME", "MultiMetrics"]
-# Rules whose papers do not bound an update's norm (documented in their modules).
-NOT_NORM_BOUNDED = ["RLR", "FoolsGold"]
+# Rules that do not bound an update's norm (documented in their modules). FoolsGold's reference
+# default caps every update at norm 1; without that cap (max_norm=None) it is unbounded.
+NOT_NORM_BOUNDED = {"RLR": FACTORIES["RLR"], "FoolsGold": lambda: FoolsGold(max_norm=None)}
 
 
 def honest_updates(n=7, d=6, seed=0):
@@ -225,11 +227,12 @@ def test_fltrust_needs_server_update():
 
 
 def test_foolsgold_learning_rates_by_hand():
-    # cos(u2,u3) = 0.5, others 0 -> a = [1, .5, .5] -> logit: [1 (clipped), .5, .5]
+    # unit-norm rows; cos(u2,u3) = 0.5, others 0 -> a = [1, .5, .5] -> logit: [1 (clipped), .5, .5]
     u = T([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, math.sqrt(3) / 2]])
     result = run(FoolsGold(), u, weights=T([1.0, 100.0, 1.0]))  # sample counts are ignored
-    expected = (u[0] + 0.5 * u[1] + 0.5 * u[2]) / 2.0
-    assert torch.allclose(result.update, expected, atol=1e-6)
+    assert torch.allclose(result.update, u[0] + 0.5 * u[1] + 0.5 * u[2], atol=1e-6)  # a sum
+    mean = run(FoolsGold(reduction="mean"), u, weights=T([1.0, 100.0, 1.0]))
+    assert torch.allclose(mean.update, (u[0] + 0.5 * u[1] + 0.5 * u[2]) / 2.0, atol=1e-6)
     assert result.accepted.tolist() == [True, True, True]
 
 
@@ -242,9 +245,14 @@ def test_foolsgold_treats_identical_clients_as_sybils():
 def test_foolsgold_history_accumulates_per_client_id():
     agg = FoolsGold()
     run(agg, T([[1.0, 0.0], [0.0, 1.0]]), client_ids=[7, 3])
-    run(agg, T([[1.0, 1.0]]), client_ids=[3])
-    assert torch.equal(agg.history[3], T([1.0, 2.0]))
+    run(agg, T([[1.0, 1.0]]), client_ids=[3])  # norm sqrt(2): scaled to norm 1 first
+    r = 1 / math.sqrt(2)
+    assert torch.allclose(agg.history[3], T([r, 1.0 + r]))
     assert torch.equal(agg.history[7], T([1.0, 0.0]))
+    raw = FoolsGold(max_norm=None)
+    run(raw, T([[0.0, 1.0]]), client_ids=[3])
+    run(raw, T([[1.0, 1.0]]), client_ids=[3])
+    assert torch.equal(raw.history[3], T([1.0, 2.0]))
 
 
 def test_foolsgold_survives_state_dict_round_trip_through_torch_save():
@@ -268,27 +276,32 @@ def test_foolsgold_survives_state_dict_round_trip_through_torch_save():
 
 
 def test_flame_drops_outlier_direction_and_clips_to_median_norm():
-    # Four updates along +x (cosine distance 0) and one along -y (distance 1).
+    # Global weights 0, so models == updates: four along +x (cosine distance 0), one along -y.
     updates = T([[1.0, 0.0], [2.0, 0.0], [0.5, 0.0], [1.5, 0.0], [0.0, -1.0]])
-    result = run(FLAME(noise_lambda=0.0), updates, weights=T([1.0, 1.0, 2.0, 1.0, 1.0]))
+    weights = T([1.0, 1.0, 2.0, 1.0, 1.0])
+    result = run(FLAME(noise_lambda=0.0), updates, weights=weights)
     # norms 1, 2, 0.5, 1.5, 1 -> median S = 1 -> kept rows clipped to x = 1, 1, 0.5, 1
-    # sample-weighted: (1 + 1 + 2 * 0.5 + 1) / 5 = 0.8
+    # equal weights (the paper): (1 + 1 + 0.5 + 1) / 4 = 0.875
     assert result.accepted.tolist() == [True, True, True, True, False]
-    assert torch.allclose(result.update, T([0.8, 0.0]))
+    assert torch.allclose(result.update, T([0.875, 0.0]))
     assert result.metrics["clip_bound"] == pytest.approx(1.0)
     assert result.metrics["all_noise"] == 0.0
+    # sample-weighted option: (1 + 1 + 2 * 0.5 + 1) / 5 = 0.8
+    samples = run(FLAME(noise_lambda=0.0, weighting="samples"), updates, weights=weights)
+    assert torch.allclose(samples.update, T([0.8, 0.0]))
 
 
 def test_flame_noise_std_is_lambda_times_median_norm():
     updates = torch.zeros(5, 20000)
     updates[:, 0] = 4.0  # every norm 4 -> noise std 0.1 * 4
-    noise = run(FLAME(noise_lambda=0.1), updates).update - run(FLAME(0.0), updates).update
+    noise = run(FLAME(noise_lambda=0.1), updates).update - run(FLAME(noise_lambda=0.0), updates).update
     assert abs(float(noise[1:].std()) - 0.4) < 0.02
 
 
 def test_multi_metrics_scores_and_selection_by_hand():
-    # 1-D: cosine distances all 0, Manhattan = Euclidean = s_i (sum of distances):
-    # s = [105, 102, 101, 102, 390]; covariance rank 1 -> score = s_i^2 / var(s), var = 16533.5
+    # 1-D, global weights 0 (models == updates): cosine distances all 0, Manhattan = norm
+    # difference = s_i (sum of distances): s = [105, 102, 101, 102, 390]; covariance rank 1
+    # -> score = s_i^2 / var(s), var = 16533.5
     updates = T([[1.0], [2.0], [3.0], [4.0], [100.0]])
     s = T([105.0, 102.0, 101.0, 102.0, 390.0], dtype=torch.float64)
     assert torch.allclose(multi_metrics_scores(updates), s**2 / 16533.5)
@@ -318,8 +331,10 @@ def test_permuting_clients_does_not_change_the_result(name):
     ids = torch.arange(10, 17)
     perm = torch.tensor([4, 0, 6, 2, 5, 1, 3])
     g0 = root_update(updates)
-    a = run(factory(), updates, weights, client_ids=ids, server_update=g0)
-    b = run(factory(), updates[perm], weights[perm], client_ids=ids[perm], server_update=g0)
+    # non-zero global weights, so rules that compare models (FLAME, Multi-Metrics) see G + u
+    g = 4.0 * torch.randn(updates.shape[1], generator=torch.Generator().manual_seed(2))
+    a = run(factory(), updates, weights, client_ids=ids, server_update=g0, global_weights=g)
+    b = run(factory(), updates[perm], weights[perm], client_ids=ids[perm], server_update=g0, global_weights=g)
     assert torch.allclose(a.update, b.update, atol=1e-5)
     if a.accepted is not None:
         assert torch.equal(a.accepted[perm], b.accepted)
@@ -344,10 +359,17 @@ def test_huge_norm_update_stays_bounded(name):
 
 @pytest.mark.parametrize("name", NOT_NORM_BOUNDED)
 def test_rules_documented_as_unbounded_pass_a_huge_update(name):
-    # Guards the module docstrings: RLR and FoolsGold need clipping against scaled updates.
+    # Guards the module docstrings: RLR and raw FoolsGold need clipping against scaled updates.
     updates = honest_updates(n=7)
     updates[0] = -1e6 * updates[0]
-    assert torch.linalg.vector_norm(run(FACTORIES[name](), updates).update) > 1e3
+    assert torch.linalg.vector_norm(run(NOT_NORM_BOUNDED[name](), updates).update) > 1e3
+
+
+def test_foolsgold_reference_caps_every_update_at_unit_norm():
+    # Its aggregate is a sum of a_i <= 1 times rows of norm <= 1: at most n, whatever the attack.
+    updates = honest_updates(n=7)
+    updates[0] = -1e6 * updates[0]
+    assert torch.linalg.vector_norm(run(FoolsGold(), updates).update) <= 7.0 + 1e-5
 
 
 @pytest.mark.parametrize("name", ["Krum", "MultiKrum", "Median", "TrimmedMean", "Bulyan"])
@@ -403,9 +425,14 @@ def test_state_dict_round_trip_gives_same_next_round(name):
         (RLR, {"threshold": 0}, "aggregator.threshold"),
         (RLR, {"server_lr": 0.0}, "aggregator.server_lr"),
         (FoolsGold, {"kappa": 0.0}, "aggregator.kappa"),
+        (FoolsGold, {"max_norm": 0.0}, "aggregator.max_norm"),
+        (FoolsGold, {"reduction": "median"}, "aggregator.reduction"),
         (FLAME, {"noise_lambda": -0.1}, "aggregator.noise_lambda"),
+        (FLAME, {"cluster_on": "weights"}, "aggregator.cluster_on"),
+        (FLAME, {"weighting": "size"}, "aggregator.weighting"),
         (MultiMetrics, {"keep": 0.0}, "aggregator.keep"),
         (MultiMetrics, {"keep": 1.5}, "aggregator.keep"),
+        (MultiMetrics, {"variant": "flain"}, "aggregator.variant"),
     ],
 )
 def test_constructors_reject_bad_values(cls, kwargs, field):

@@ -37,6 +37,32 @@ def pairwise_sq_distances(updates: Tensor) -> Tensor:
     return dist.double() ** 2
 
 
+def gram64(rows: Tensor, shift: Optional[Tensor] = None, chunk: int = 1 << 20) -> Tensor:
+    """``[n, n]`` float64 Gram matrix of the rows ``shift + rows[i]`` (``shift``: ``[d]`` or None).
+
+    Rules that compare whole models (global weights + update) need float64: the models differ
+    by ~1e-4 of their norm, below float32 resolution. Columns are summed in chunks so the float64
+    copy never exceeds ``n * chunk`` values.
+    """
+    n, d = rows.shape
+    gram = torch.zeros(n, n, dtype=torch.float64, device=rows.device)
+    for start in range(0, d, chunk):
+        block = rows[:, start : start + chunk].double()
+        if shift is not None:
+            block = block + shift[start : start + chunk].to(block)
+        gram += block @ block.T
+    return 0.5 * (gram + gram.T)  # matmul is not exactly symmetric
+
+
+def cosine_distances_from_gram(gram: Tensor) -> Tensor:
+    """``[n, n]`` matrix of ``1 - cos`` from a Gram matrix, clamped to >= 0, zero diagonal.
+    Zero rows are treated as having cosine 0 with everything."""
+    norms = gram.diagonal().clamp_min(0.0).sqrt()
+    dist = (1.0 - gram / (norms[:, None] * norms[None, :]).clamp_min(1e-300)).clamp_min(0.0)
+    dist.fill_diagonal_(0.0)
+    return dist
+
+
 def krum_scores(sq_dist: Tensor, f: int) -> Tensor:
     """Krum score of every row: the sum of its ``n - f - 2`` smallest squared distances to the
     other rows (Blanchard et al. 2017). ``sq_dist`` is ``[n, n]`` with a zero diagonal.
