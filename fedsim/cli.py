@@ -102,8 +102,11 @@ def prepare(args: Optional[list[str]] = None):
 def execute(parser: ArgumentParser, cfg, init) -> dict:
     """Builds the federation and the Fabric processes from a prepared config, then runs it."""
     callbacks = init.callbacks or []
+    started = _now()
     _set_threads(cfg.threads)
     fabric = _make_fabric(cfg, callbacks, init.fed.cohort_size)
+    # config.yaml records the layout that ran (also under `fabric run`, which ignores cfg.devices)
+    cfg.devices = max(1, fabric.world_size // max(1, getattr(fabric, "num_nodes", 1) or 1))
     run_dir = Path(cfg.run_dir)
     resume = _resolve_resume(cfg.resume, run_dir)
     splits = init.data.load()
@@ -119,9 +122,60 @@ def execute(parser: ArgumentParser, cfg, init) -> dict:
     sim = Simulation(fabric, data, init.model,
                      SimulationConfig(init.fed, init.client, cfg.seed, run_dir, trajectory(cfg)),
                      init.aggregator, init.attack, callbacks, logger)
+    sim.summary["provenance"] = provenance(cfg, fabric, started)
     summary = sim.run(resume)
+    if fabric.is_global_zero:
+        from fedsim.terminal import summary_table
+
+        print(summary_table(summary, run_dir), flush=True)
     _shutdown(fabric)
     return summary
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(cfg, fabric, started: str) -> dict:
+    """What produced a run: seed, a hash of the resolved config keys that determine its numbers
+    (seed, data, partition, model, fed, client, aggregator, attack, callbacks: the same for any
+    hardware layout), git commit (and dirty flag), package versions, world size, threads per
+    process, accelerator, start time (the end time is added when the summary is written)."""
+    import hashlib
+    import json
+    import platform
+
+    plain = cfg.as_dict()
+    resolved = json.dumps({k: plain.get(k) for k in (*TRAJECTORY_KEYS, "callbacks")}, sort_keys=True, default=str)
+    versions = {}
+    for name in ("torch", "lightning", "torchvision", "jsonargparse", "numpy"):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version(name)
+        except Exception:  # a package absent from this environment
+            versions[name] = None
+    return {"seed": cfg.seed, "config_sha256": hashlib.sha256(resolved.encode()).hexdigest(),
+            "git": _git_state(), "versions": {**versions, "python": platform.python_version()},
+            "world_size": fabric.world_size, "threads_per_process": torch.get_num_threads(),
+            "accelerator": fabric.device.type, "start": started}
+
+
+def _git_state() -> dict:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
 # Keys that may change between a checkpoint and its resume: more rounds, other evaluation and

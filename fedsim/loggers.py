@@ -132,6 +132,11 @@ class RunLogger:
 
             self.wandb_run.log({key: wandb.Table(columns=columns, data=rows)})
 
+    def set_summary(self, values: dict[str, Any]) -> None:
+        """Sets the W&B run summary (what the runs table shows), rank 0 only."""
+        if self.enabled and self.wandb_run is not None:
+            self.wandb_run.summary.update(values)
+
     def finish(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()

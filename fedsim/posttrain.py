@@ -59,7 +59,7 @@ class PostTrainingDefense(Callback):
         theta_t = simulation.trained_params
         # theta_T was just evaluated by the simulation (on every rank, so no collective is skipped
         # on one rank only); reuse it instead of a second pass over the test and aux sets
-        before = simulation.summary.get("final") or simulation.evaluate(theta_t)
+        before = simulation.summary.get("trained") or simulation.evaluate(theta_t)
         repaired, info = run_on_zero(fabric, lambda: self._timed_repair(simulation), (torch.empty_like(theta_t), {}))
         repaired = simulation.broadcast(repaired)
         after = simulation.evaluate(repaired)
@@ -70,7 +70,7 @@ class PostTrainingDefense(Callback):
                 block[f"{key}_after"] = after[key]
         simulation.summary[self.name] = block
         if self.apply:
-            simulation.set_global(repaired)
+            simulation.set_final(repaired, after, self.name)
         if fabric.is_global_zero:
             simulation.save_params(repaired, f"{self.name}_repaired.pt")
             simulation.logger.log_metrics(

@@ -341,18 +341,30 @@ class Simulation:
     def _finish(self) -> dict[str, Any]:
         self.trained_params = self.global_params.clone()
         # the last round was always evaluated; a run resumed with no round left evaluates now
-        done, final = self.last_eval
+        done, trained = self.last_eval
         if done != self.rounds:
-            final = self.evaluate(self.trained_params)
-        self.summary.update({"rounds": self.rounds, "final": final, "num_parameters": self.layout.num_weights,
+            trained = self.evaluate(self.trained_params)
+        # "trained": theta_T, the model federated training produced; "final": the model in
+        # final_model.pt (a post-training defense with apply: true replaces theta_T there)
+        self.summary.update({"rounds": self.rounds, "trained": trained, "num_parameters": self.layout.num_weights,
                              "train_seconds": self.train_seconds})
+        self.final_eval, self.final_from = trained, "trained"
         self.save_checkpoint()  # theta_T, before any post-training defense changes the model
         self.fabric.call("on_train_end", self.fabric, self)
+        self.summary["final"] = {**self.final_eval, "model": self.final_from}
         if self.fabric.is_global_zero:
             self.save_params(self.global_params, "final_model.pt")
+            self.summary.setdefault("provenance", {})["end"] = _now()
             _write_json(self.run_dir / "summary.json", self.summary)
+        self.logger.set_summary(_run_summary(self.summary))
         self.logger.finish()
         return self.summary
+
+    def set_final(self, vec: Tensor, evaluation: dict[str, Any], source: str) -> None:
+        """A post-training defense with ``apply: true`` makes ``vec`` the final model;
+        ``evaluation`` is its ``evaluate`` result and ``source`` the defense's name."""
+        self.set_global(vec)
+        self.final_eval, self.final_from = evaluation, source
 
     # ----------------------------------------------------------------- helpers for callbacks
     def broadcast(self, tensor: Tensor) -> Tensor:
@@ -425,6 +437,22 @@ def _detection(accepted: Tensor, malicious: Tensor) -> dict[str, float]:
     out = {"detect/accepted": int(accepted.sum()), "detect/fpr": fp / max(int((~malicious).sum()), 1)}
     if malicious.any():
         out["detect/tpr"] = tp / int(malicious.sum())
+    return out
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _run_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The W&B run summary: the final model's ACC / ASR / aux ACC under their plain names, the
+    trained model's under ``trained/``, and each post-training defense's scalars under its name."""
+    out: dict[str, Any] = {}
+    for prefix, block in (("", summary.get("final", {})), ("trained/", summary.get("trained", {}))):
+        out.update({f"{prefix}{k}": v for k, v in block.items() if k != "per_class_acc" and isinstance(v, (int, float))})
+    out["final_model"] = summary.get("final", {}).get("model", "trained")
     return out
 
 

@@ -158,7 +158,7 @@ def run_ours(args: list[str], run_dir: Path, spec: dict, layout: str) -> Timing:
     summary = json.loads((run_dir / "summary.json").read_text())
     check_initial_weights(run_dir / "final_model.pt", spec)
     rounds = read_round_seconds(run_dir / "metrics.csv")
-    return Timing(f"fedsim {processes}x{threads}", wall, rounds, trained_samples(spec), summary["final"]["acc"])
+    return Timing(f"fedsim {processes}x{threads}", wall, rounds, trained_samples(spec), summary["trained"]["acc"])
 
 
 def check_initial_weights(final_model: Path, spec: dict) -> None:

@@ -82,7 +82,8 @@ def post_blocks(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def run_numbers(summary: dict[str, Any], column: str) -> dict[str, float]:
     """acc / asr of the trained model, and <m>_before / <m>_after of its post-training block."""
-    final = summary.get("final", {})
+    # the trained model theta_T: "trained" (summaries since 2026-12), "final" in older ones
+    final = summary["trained"] if "trained" in summary else summary.get("final", {})
     out = {m: float(final[m]) for m in METRICS if m in final}
     blocks = post_blocks(summary)
     if blocks:

@@ -16,7 +16,7 @@ ATTACK = ["--attack", "fedsim.attacks.Attack", "--attack.schedule.mcr", "0.2"]
 def _run(tmp_path, name, *extra):
     summary = main(BASE + ["--run_dir", str(tmp_path / name), *extra])
     params = torch.load(tmp_path / name / "final_model.pt", weights_only=True)["params"]
-    return summary["final"], params
+    return summary["trained"], params
 
 
 def test_attack_of_strength_zero_is_exactly_the_honest_run(tmp_path):

@@ -19,7 +19,7 @@ ATTACK = ["--config", str(TINY.parent / "badnets.yaml"), "--attack.schedule.mcr"
 
 
 def _final(tmp_path, name, *extra):
-    return main(BASE + ["--run_dir", str(tmp_path / name), *extra])["final"]
+    return main(BASE + ["--run_dir", str(tmp_path / name), *extra])["trained"]
 
 
 def _rows(run_dir):
@@ -79,4 +79,4 @@ def test_nan_and_huge_updates_never_corrupt_the_global_model(tmp_path):
     assert all(r["dropped_nonfinite"] == "1" for r in rows)
     params = torch.load(tmp_path / "run" / "final_model.pt", weights_only=True)["params"]
     assert torch.isfinite(params).all()
-    assert summary["final"]["acc"] > 0.8
+    assert summary["trained"]["acc"] > 0.8

@@ -32,7 +32,8 @@ def test_flain_removes_the_backdoor_at_small_clean_cost(trained):
     assert block["asr_after"] < 0.1
     assert block["acc_before"] - block["acc_after"] < 0.01
     assert 0 < block["flipped_neurons"] < block["total_neurons"] == 64 * 7 * 7
-    assert summary["final"]["asr"] == block["asr_before"]  # "final" is theta_T, before the defense
+    assert summary["trained"]["asr"] == block["asr_before"]  # "trained" is theta_T, before the defense
+    assert summary["final"]["model"] == "flain" and summary["final"]["asr"] == block["asr_after"]
 
 
 def test_flain_alone_on_a_saved_checkpoint_without_retraining(trained, tmp_path):

@@ -34,9 +34,10 @@ def test_run_writes_every_output_and_learns(tiny_args, tmp_path):
     assert [int(r["round"]) for r in rows] == [0, 1, 2]
     assert {"acc", "loss", "aux_acc", "round_seconds", "train_loss", "class_acc/0"} <= set(rows[0])
     on_disk = json.loads((run / "summary.json").read_text())
-    assert on_disk["rounds"] == 3 and on_disk["final"]["acc"] == pytest.approx(summary["final"]["acc"])
-    assert summary["final"]["acc"] > 0.5  # 3 rounds of a small MLP on real digits; chance is 0.1
-    assert len(summary["final"]["per_class_acc"]) == 10
+    assert on_disk["rounds"] == 3 and on_disk["trained"]["acc"] == pytest.approx(summary["trained"]["acc"])
+    assert summary["trained"]["acc"] > 0.5  # 3 rounds of a small MLP on real digits; chance is 0.1
+    assert len(summary["trained"]["per_class_acc"]) == 10
+    assert summary["final"] == {**summary["trained"], "model": "trained"}  # no post-training defense
 
 
 def test_cohorts_are_pure_functions_of_seed_and_round():
@@ -107,7 +108,7 @@ def _cli(*args, env=None):
     return done
 
 
-TIMINGS = {"seconds", "seconds_vs_training", "train_seconds", "round_seconds"}
+TIMINGS = {"seconds", "seconds_vs_training", "train_seconds", "round_seconds", "provenance"}
 
 
 def _numbers(tree, prefix=""):
@@ -139,7 +140,10 @@ def test_two_processes_give_exactly_the_numbers_of_one_with_default_settings(tmp
     summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")]
     numbers = [_numbers(s) for s in summaries]
     assert numbers[0] == numbers[1]
-    assert "flain.k" in numbers[0] and "final.loss" in numbers[0] and "flain.asr_after" in numbers[0]
+    assert "flain.k" in numbers[0] and "trained.loss" in numbers[0] and "flain.asr_after" in numbers[0]
+    prov = [s["provenance"] for s in summaries]
+    assert [p["world_size"] for p in prov] == [1, 2] and prov[0]["config_sha256"] == prov[1]["config_sha256"]
+    assert prov[0]["threads_per_process"] == 1 and prov[0]["start"] <= prov[0]["end"]
     rows = [_rows(tmp_path / d) for d in ("one", "two")]
     for a, b in zip(*rows):
         assert {k: v for k, v in a.items() if k != "round_seconds"} == \
