@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, lazy_instance
@@ -27,6 +27,8 @@ from fedsim.clients import ClientConfig
 from fedsim.data import Dataset, EmbeddedMNIST, IID, Partitioner, build_federated
 from fedsim.loggers import LoggerConfig, RunLogger
 from fedsim.models import MnistCNN
+from fedsim.runtime import dist
+from fedsim.runtime.rundir import RunDirError, RunLock, check_run_dir, clear_results
 from fedsim.runtime.seeding import derive_seed
 from fedsim.simulation import FedConfig, Simulation, SimulationConfig
 
@@ -44,8 +46,9 @@ def run(
     seed: int = 0,
     run_dir: str = "runs/default",
     resume: Optional[str] = None,
+    overwrite: bool = False,
     threads: int = 1,
-    accelerator: str = "auto",
+    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto",
     devices: Union[int, str] = "auto",
     strategy: str = "auto",
     num_nodes: int = 1,
@@ -67,6 +70,8 @@ def run(
         resume: a checkpoint to continue from, or "auto" for <run_dir>/checkpoints/last.ckpt.
             A checkpoint of a finished run with fed.rounds unchanged runs no round: only the
             post-training callbacks (e.g. FLAIN on a saved model, without retraining).
+        overwrite: replace the results of an earlier run in run_dir (without it, or --resume, a
+            run_dir that already holds a run is refused).
         threads: torch threads per process (default 1). One thread per process makes every
             number independent of the process count (more threads change float rounding in the
             kernels); on CPU use more processes instead (``devices``).
@@ -80,7 +85,8 @@ def run(
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="launch/train.py", description=run.__doc__.split("\n")[0], exit_on_error=False)
+    parser = ArgumentParser(prog="launch/train.py", description=run.__doc__.split("\n")[0], exit_on_error=False,
+                            allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config file")
     parser.add_function_arguments(run, as_group=False)
     return parser
@@ -104,10 +110,29 @@ def execute(parser: ArgumentParser, cfg, init) -> dict:
     callbacks = init.callbacks or []
     started = _now()
     _set_threads(cfg.threads)
+    _check_accelerator(cfg.accelerator)
     fabric = _make_fabric(cfg, callbacks, init.fed.cohort_size)
     # config.yaml records the layout that ran (also under `fabric run`, which ignores cfg.devices)
     cfg.devices = max(1, fabric.world_size // max(1, getattr(fabric, "num_nodes", 1) or 1))
     run_dir = Path(cfg.run_dir)
+    lock = RunLock(run_dir)
+
+    def guard() -> None:  # rank 0, before any work: the folder is usable and ours alone
+        check_run_dir(cfg.run_dir, cfg.resume, cfg.overwrite)
+        lock.acquire()
+        if cfg.overwrite and cfg.resume is None:
+            clear_results(run_dir)
+
+    dist.run_on_zero(fabric, guard, None)
+    try:
+        summary = _execute(parser, cfg, init, fabric, callbacks, run_dir, started)
+    finally:
+        lock.release()
+    _shutdown(fabric)
+    return summary
+
+
+def _execute(parser, cfg, init, fabric, callbacks, run_dir: Path, started: str) -> dict:
     resume = _resolve_resume(cfg.resume, run_dir)
     splits = init.data.load()
     data = build_federated(splits, init.partition, init.fed.num_clients, init.fed.aux_per_class, cfg.seed)
@@ -116,19 +141,19 @@ def execute(parser: ArgumentParser, cfg, init) -> dict:
         if hasattr(cb, "validate"):
             cb.validate(init.model)
     logger = RunLogger(init.logger, run_dir, fabric.is_global_zero, run_config=cfg.as_dict())
-    if fabric.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
     sim = Simulation(fabric, data, init.model,
                      SimulationConfig(init.fed, init.client, cfg.seed, run_dir, trajectory(cfg)),
                      init.aggregator, init.attack, callbacks, logger)
+    sim.setup(resume)  # a refused resume fails here, before config.yaml is (re)written
+    if fabric.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
     sim.summary["provenance"] = provenance(cfg, fabric, started)
     summary = sim.run(resume)
     if fabric.is_global_zero:
         from fedsim.terminal import summary_table
 
         print(summary_table(summary, run_dir), flush=True)
-    _shutdown(fabric)
     return summary
 
 
@@ -240,6 +265,15 @@ def resolve_devices(devices: Union[int, str], accelerator: str, cohort_size: int
     return max(1, min(cores, cohort_size))
 
 
+def _check_accelerator(accelerator: str) -> None:
+    """An accelerator that this machine lacks fails now, with the ones it has."""
+    have = ["cpu"] + (["cuda", "gpu"] if torch.cuda.is_available() else []) + \
+        (["mps"] if hasattr(torch.backends, "mps") and torch.backends.mps.is_available() else [])
+    if accelerator != "auto" and accelerator not in have:
+        raise ValueError(f"accelerator: {accelerator!r} is not available on this machine; available: "
+                         f"{['auto', *have]}")
+
+
 def _has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
 
@@ -277,13 +311,19 @@ def _check_model(model: nn.Module, data) -> None:
 
 
 def cli() -> None:
-    """Console entry point: clear one-line errors for bad input instead of tracebacks."""
+    """Console entry point: short errors (at most 3 lines) for bad input instead of tracebacks."""
     from jsonargparse import ArgumentError
 
+    from fedsim.errors import check_config_files, concise
+
+    bad = check_config_files(sys.argv[1:])
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        sys.exit(2)
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError, ArgumentError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ArgumentError, RunDirError) as err:
+        print(f"error: {concise(str(err))}", file=sys.stderr)
         sys.exit(2)
 
 

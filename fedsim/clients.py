@@ -92,7 +92,9 @@ def local_train(
 
     ``x`` holds raw pixels in [0, 1]; poisoning happens on raw pixels, then ``normalize``.
     ``attack`` (a ``fedsim.attacks.Attack``) and ``attack_ctx`` (its ``ClientContext``) are given
-    only for a client that attacks in this round.
+    only for a client that attacks in this round; its hooks run in the order ``before_training``,
+    then per batch ``poison_batch``, ``extra_loss``, ``after_step``, then ``shape_update``
+    (``fedsim.attacks.base``). Without an attack none of them is reached.
     """
     layout.load(model, global_params)
     model.train()
@@ -103,6 +105,9 @@ def local_train(
     n, bs = len(y), config.batch_size
     # the global RNG is restored afterwards (the GPU's too when training on one)
     with seeded_global_rng(derive_seed(seed, round, client_id, "dropout"), x.device):
+        if attack is not None:  # adaptive attacks look at the global model and the clean data
+            attack.before_training(model, x, y, normalize, attack_ctx, generator(seed, round, client_id, "attack"))
+            model.train()
         for _ in range(epochs):
             perm = torch.randperm(n, generator=gen).to(x.device)
             total = torch.zeros((), device=x.device)
@@ -110,16 +115,28 @@ def local_train(
                 idx = perm[start : start + bs]
                 xb, yb = x[idx], y[idx]
                 if attack is not None:
+                    clean_x, clean_y = xb, yb
                     xb, yb = attack.poison_batch(xb, yb, attack_ctx, gen)
-                loss = F.cross_entropy(model(normalize(xb)), yb)
+                loss = ce = F.cross_entropy(model(normalize(xb)), yb)
+                if attack is not None:
+                    extra = attack.extra_loss(model, xb, yb, _changed(clean_x, clean_y, xb, yb), attack_ctx)
+                    if extra is not None:  # the reported loss stays the cross-entropy
+                        loss = ce + extra
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if attack is not None:
                     attack.after_step(model, attack_ctx)
-                total += loss.detach() * len(idx)
+                total += ce.detach() * len(idx)
     update = layout.flatten(model) - global_params
     if attack is not None:
         w = layout.num_weights
         update[:w] = attack.shape_update(update[:w], attack_ctx)
     return ClientResult(update, n, float(total) / max(n, 1))
+
+
+def _changed(x0: Tensor, y0: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """Bool ``[B]``: the samples a data poison changed (label or any pixel)."""
+    if x is x0 and y is y0:
+        return torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    return (y != y0) | (x != x0).flatten(1).any(1)

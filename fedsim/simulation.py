@@ -178,11 +178,13 @@ class Simulation:
             self.train_seconds = float(state.get("train_seconds", 0.0))
         self.rounds = self.start_round
         self.logger.start(self.start_round, wandb_id)
+        self._set_up = True
 
     # ----------------------------------------------------------------- the loop
     def run(self, resume: Optional[str] = None) -> dict[str, Any]:
         fabric, fed = self.fabric, self.fed
-        self.setup(resume)
+        if not getattr(self, "_set_up", False):
+            self.setup(resume)
         fabric.call("on_train_start", fabric, self)
         bar = _progress(fabric, self.start_round, fed.rounds)
         metrics: dict[str, Any] = {}
@@ -356,6 +358,12 @@ class Simulation:
             self.save_params(self.global_params, "final_model.pt")
             self.summary.setdefault("provenance", {})["end"] = _now()
             _write_json(self.run_dir / "summary.json", self.summary)
+            try:  # a figure must never fail a finished run
+                from fedsim.curves import plot_run_curves
+
+                self.logger.log_image("curves", plot_run_curves(self.run_dir, self.summary), self.rounds)
+            except Exception as err:  # noqa: BLE001 - reported, the results are already written
+                print(f"curves.png not written: {err}")
         self.logger.set_summary(_run_summary(self.summary))
         self.logger.finish()
         return self.summary

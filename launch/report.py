@@ -1,6 +1,7 @@
-"""Turns a finished grid (launch/experiments.py) into a Markdown table, a CSV and PNG plots.
+"""Turns a finished grid (launch/experiments.py), or one run, into a Markdown table, a CSV and PNG plots.
 
     python launch/report.py runs/grids/<name> [--out docs/results/<name>] [--columns defense]
+    python launch/report.py runs/<run>          # one run directory (summary.json, no cells.json)
 
 Written for the evaluation of FLAIN (Ding, Yang, Huang, arXiv 2408.08655, ICMR 2025). Rows are
 the combinations of every axis except the column axis (default "defense"), in grid order;
@@ -8,18 +9,28 @@ columns are the column axis's values. A cell reads "ACC / ASR" in percent, mean 
 (n - 1) over the seeds that finished. Where a run's summary.json holds a post-training block
 (FLAIN or another ``fedsim.posttrain.PostTrainingDefense``: a dict with ``acc_before`` and
 ``acc_after``) the cell reads "before -> after" for that block: the one named like the column,
-else the first by name. ``results.csv`` has one row per (row, column) with every number.
+else the first by name. A run with several blocks becomes one pseudo-column ``<value>+<block>``
+per block (``expand_post``). ``results.csv`` has one row per (row, column) with every number.
 
-Plots (matplotlib Agg): ``curves/<row>.png`` per-round ACC and ASR per column value (mean over
-seeds, from metrics.csv); ``asr_vs_mcr.png`` final ASR (after the post-training defense where
-there is one) against the "mcr" axis; ``flain_threshold.png`` FLAIN's aux accuracy against the
-threshold k (``summary["flain"]["curve"]``), skipped when no run has one.
+Plots (matplotlib Agg, no pyplot state): ``curves/<row>.png`` per-round ACC and ASR per column
+value (mean over seeds, from metrics.csv; x = metrics.csv's 0-based ``round``, integer ticks);
+a column's post-training results are markers at its last round, and a pseudo-column ``x+block``
+(same training run as ``x``) is only such a marker; ``asr_vs_mcr.png`` final ASR (after the
+post-training defense where there is one) against the "mcr" axis, mean ± std over seeds, one
+panel per other row value, all panels on one 0-100 % scale; ``flain_threshold.png`` one panel per
+table row: aux accuracy against the threshold k of every block with a ``curve`` (FLAIN; each
+block and each layer its own line, the chosen k marked), skipped when no run has one.
+
+A single run directory gets the same treatment for one run: a table with the trained model and
+each post-training defense (ACC, ASR, aux ACC, change, k, flipped neurons), the claim check,
+``curves.png`` (``fedsim.curves.plot_run_curves``) and the threshold plot.
 
 With ``--wandb`` the report also becomes one W&B run (job type "report", named
 ``<grid>-report``, in the grid's W&B group, offline unless ``--wandb_mode online``): the results
 table and a per-run table (axis values, seed, ACC, ASR, post-training before/after) as
-``wandb.Table``s, and every plot as an image. Together with the cells' own runs (grid started
-with ``launch/experiments.py --wandb``), that group is the grid's dashboard.
+``wandb.Table``s with numeric columns (axis values stay strings), and every plot as an image.
+Together with the cells' own runs (grid started with ``launch/experiments.py --wandb``), that
+group is the grid's dashboard.
 """
 
 from __future__ import annotations
@@ -30,8 +41,14 @@ import json
 import math
 import re
 import statistics
+import sys
 from pathlib import Path
 from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fedsim from this checkout
+
+from fedsim import curves as run_curves  # noqa: E402
+from fedsim.curves import END_MARKERS, LINESTYLES, MARKERS, color, integer_rounds, post_blocks  # noqa: E402
 
 METRICS = ("acc", "asr")
 
@@ -73,11 +90,6 @@ def _locate(run_dir: Path, grid_dir: Path) -> Path:
     if run_dir.is_dir():
         return run_dir
     return grid_dir / run_dir.parent.name / run_dir.name
-
-
-def post_blocks(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The post-training defense blocks of a summary (dicts with acc_before and acc_after)."""
-    return {k: v for k, v in sorted(summary.items()) if isinstance(v, dict) and "acc_before" in v and "acc_after" in v}
 
 
 def run_numbers(summary: dict[str, Any], column: str) -> dict[str, float]:
@@ -261,85 +273,206 @@ def write_csv(path: Path, row_axes, rows, cols, groups) -> None:
 
 
 # ----------------------------------------------------------------------------- plots
-def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.6)):
+def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.6), sharey: bool = False):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
 
 
 def read_curve(run_dir: Path, metric: str) -> dict[int, float]:
-    """round -> metric from metrics.csv (rows without the metric, e.g. post-training rows, skipped)."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get(metric) not in (None, "")]
-    out: dict[int, float] = {}
-    for r in rows:
-        out.setdefault(int(float(r["round"])) + 1, float(r[metric]))  # round r ends after r + 1 rounds
+    """round -> metric from metrics.csv, the round exactly as in its 0-based ``round`` column
+    (rows without the metric, and post-training rows, skipped): ``fedsim.curves.read_curve``."""
+    return run_curves.read_curve(run_dir, metric)
+
+
+def column_styles(cols: list[str]) -> dict[str, dict[str, Any]]:
+    """How each column is drawn. A column value gets its own colour, line style and marker; a
+    post-training pseudo-column ``x+block`` (the same training run as ``x``) gets ``x``'s colour,
+    a dotted line and an end marker of its own, and ``base`` = ``x``."""
+    out: dict[str, dict[str, Any]] = {}
+    n_base = 0
+    for col in cols:
+        base = max((b for b in cols if b != col and col.startswith(b + "+")), key=len, default=None)
+        if base is None:
+            out[col] = {"base": None, "color": color(n_base), "linestyle": LINESTYLES[n_base % len(LINESTYLES)],
+                        "marker": MARKERS[n_base % len(MARKERS)], "end_marker": END_MARKERS[0]}
+            n_base += 1
+        else:
+            j = sum(1 for c in out.values() if c["base"] == base)
+            out[col] = {"base": base, "color": out[base]["color"], "linestyle": ":",
+                        "marker": END_MARKERS[(1 + j) % len(END_MARKERS)],
+                        "end_marker": END_MARKERS[(1 + j) % len(END_MARKERS)]}
     return out
 
 
+def _runs_of(runs, row_axes, row, column: str, col: str) -> list[dict[str, Any]]:
+    return [r for r in runs if r["summary"] is not None and r["values"].get(column, "result") == col
+            and tuple(r["values"][a] for a in row_axes) == row]
+
+
 def plot_curves(out: Path, runs, row_axes, rows, cols, column: str) -> list[Path]:
+    """One figure per row: ACC and ASR per round (mean over seeds), one line per column value;
+    each column's post-training results (mean over seeds) as markers at its last round."""
+    styles = column_styles(cols)
     paths = []
     for row in rows:
-        fig, ax = _figure(2)
+        fig, ax = _figure(2, size=(5.4, 3.8))
+        all_steps: list[int] = []
+        ends = []
         for col in cols:
-            dirs = [r["run_dir"] for r in runs if r["summary"] is not None and r["values"].get(column, "result") == col
-                    and tuple(r["values"][a] for a in row_axes) == row]
+            st, col_runs = styles[col], _runs_of(runs, row_axes, row, column, col)
+            if not col_runs:
+                continue
+            dirs = list(dict.fromkeys(r["run_dir"] for r in col_runs))
+            last = [x for x in (run_curves.last_round(r["run_dir"], r["summary"]) for r in col_runs) if x is not None]
             for i, metric in enumerate(METRICS):
+                if st["base"] is not None:  # the same training curve as the base column: drawn there
+                    continue
                 curves = [read_curve(d, metric) for d in dirs]
                 steps = sorted(set().union(*curves)) if curves else []
                 ys = [100 * statistics.fmean([c[s] for c in curves if s in c]) for s in steps]
                 if steps:
-                    ax[0, i].plot(steps, ys, label=col)
+                    all_steps += steps
+                    ax[0, i].plot(steps, ys, label=col, color=st["color"], linestyle=st["linestyle"],
+                                  marker=st["marker"], markersize=3.5, linewidth=1.4,
+                                  markevery=max(1, len(steps) // 12))
+            numbers = [run_numbers(r["summary"], r.get("block", col)) for r in col_runs]
+            numbers = [n for n in numbers if "acc_after" in n]
+            if numbers and last:
+                post = numbers[0].get("post", "")
+                label = f"{col} (after)" if st["base"] is not None or post == col else f"{col} (after {post})"
+                ends.append((max(last), label, st, numbers))
+        span = max(4, max(all_steps) - min(all_steps)) if all_steps else 4
+        for j, (x, label, st, numbers) in enumerate(ends):  # side by side at the last round
+            dodge = 0.012 * span * (j - (len(ends) - 1) / 2)
+            for i, metric in enumerate(METRICS):
+                mean = mean_std([n[f"{metric}_after"] for n in numbers if f"{metric}_after" in n])[0]
+                if not math.isnan(mean):
+                    ax[0, i].plot([x + dodge], [100 * mean], linestyle="none", marker=st["end_marker"],
+                                  color=st["color"], markersize=9, markeredgecolor="k", markeredgewidth=0.6,
+                                  zorder=5, label=label)
+            all_steps.append(x)
         for i, metric in enumerate(METRICS):
-            ax[0, i].set(xlabel="round", ylabel=f"{metric.upper()} (%)", title=" ".join(row) or "all")
-        ax[0, 0].legend(fontsize=7)
+            ax[0, i].set(xlabel="round (0-based, as in metrics.csv)", ylabel=f"{metric.upper()} (%)",
+                         title=" ".join(row) or "all")
+            integer_rounds(ax[0, i], all_steps)
+            ax[0, i].grid(alpha=0.3)
+        ax[0, 1].set_ylim(-2, 102)
+        if ax[0, 0].get_legend_handles_labels()[0]:
+            ax[0, 0].legend(fontsize=7)
+        if ax[0, 1].get_legend_handles_labels()[0]:
+            ax[0, 1].legend(fontsize=7)
         fig.tight_layout()
         paths.append(_save(fig, out / "curves" / f"{_slug('_'.join(row) or 'all')}.png"))
     return paths
 
 
+def _as_x(value: str, index: int) -> float:
+    try:
+        return float(value)
+    except ValueError:  # a non-numeric axis value: its position
+        return float(index)
+
+
 def plot_asr_vs_x(out: Path, row_axes, rows, cols, groups, x_axis: str = "mcr") -> Optional[Path]:
+    """ASR (after the post-training defense where there is one) against ``x_axis``: mean ± std
+    over seeds, one panel per combination of the other row axes, one shared 0-100 % y-scale."""
     if x_axis not in row_axes:
         return None
     xi = row_axes.index(x_axis)
     panels = list(dict.fromkeys(row[:xi] + row[xi + 1:] for row in rows))
-    fig, ax = _figure(len(panels))
+    x_values = list(dict.fromkeys(row[xi] for row in rows))
+    styles = column_styles(cols)
+    fig, ax = _figure(len(panels), size=(4.6, 3.8), sharey=True)
     for p, panel in enumerate(panels):
         prow = [r for r in rows if r[:xi] + r[xi + 1:] == panel]
         for col in cols:
-            pts = [(float(r[xi]), mean_std([n.get("asr_after", n.get("asr", math.nan)) for n in groups.get((r, col), [])])[0])
-                   for r in prow]
-            pts = [(x, 100 * y) for x, y in pts if not math.isnan(y)]
+            st = styles[col]
+            pts = []
+            for r in prow:
+                vals = [n.get("asr_after", n.get("asr", math.nan)) for n in groups.get((r, col), [])]
+                mean, std = mean_std(vals)
+                if not math.isnan(mean):
+                    pts.append((_as_x(r[xi], x_values.index(r[xi])), 100 * mean, 100 * std))
             if pts:
-                ax[0, p].plot(*zip(*pts), marker="o", label=col)
-        ax[0, p].set(xlabel=x_axis.upper(), ylabel="ASR (%)", title=" ".join(panel) or "all")
-    ax[0, 0].legend(fontsize=7)
+                xs, ys, es = zip(*pts)
+                ax[0, p].errorbar(xs, ys, yerr=es, label=col, color=st["color"], linestyle=st["linestyle"],
+                                  marker=st["marker"], markersize=5, capsize=3, linewidth=1.2)
+        ax[0, p].set(xlabel=x_axis.upper(), title=" ".join(panel) or "all", ylim=(-3, 103))
+        ax[0, p].grid(alpha=0.3)
+    ax[0, 0].set_ylabel("ASR (%), mean ± std over seeds")
+    if ax[0, 0].get_legend_handles_labels()[0]:
+        ax[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, out / f"asr_vs_{x_axis}.png")
 
 
-def plot_flain_threshold(out: Path, runs) -> Optional[Path]:
-    lines = []
+def threshold_curves(summary: dict[str, Any]) -> list[tuple[str, Optional[str], dict[str, list], Any]]:
+    """(block, layer or None, curve {k, aux_acc, flipped}, chosen k) for every post-training block
+    with a threshold curve; ``curve`` may be one dict or a list of dicts (one per layer)."""
+    out = []
+    for name, block in post_blocks(summary).items():
+        curve = block.get("curve")
+        several = isinstance(curve, list)
+        layers = block.get("layers") if isinstance(block.get("layers"), list) else []
+        ks = block.get("k")
+        for i, c in enumerate(curve if several else [curve]):
+            if isinstance(c, dict) and c.get("k") and c.get("aux_acc"):
+                layer = (layers[i] if i < len(layers) else f"layer {i}") if several else None
+                k = ks[i] if isinstance(ks, list) and i < len(ks) else (None if isinstance(ks, list) else ks)
+                out.append((name, layer, c, k))
+    return out
+
+
+def plot_flain_threshold(out: Path, runs, row_axes: Optional[list[str]] = None,
+                         column: str = "defense") -> Optional[Path]:
+    """FLAIN's search per table row (one panel each; all runs in one panel without ``row_axes``):
+    aux accuracy against threshold k, one line per seed of every (column, block, layer), the
+    chosen k circled. None when no run has a curve."""
+    lines = []  # (row, label, curve, k)
     for r in runs:
-        block = (r["summary"] or {}).get("flain")
-        curve = block.get("curve") if isinstance(block, dict) else None
-        for c in (curve if isinstance(curve, list) else [curve]):
-            if isinstance(c, dict) and c.get("k"):
-                lines.append(("_".join(r["values"].values()) + f"/seed{r['seed']}", c))
+        col = r["values"].get(column, "result")
+        row = tuple(r["values"].get(a, "") for a in row_axes) if row_axes is not None else ()
+        for block, layer, c, k in threshold_curves(r["summary"] or {}):
+            label = col if col == block or col.endswith("+" + block) else f"{col}+{block}"
+            lines.append((row, label + (f" [{layer}]" if layer else ""), c, k))
     if not lines:
         return None
-    fig, ax = _figure(size=(7.0, 4.5))
-    for label, c in lines:
-        ax[0, 0].plot(c["k"], [100 * a for a in c["aux_acc"]], label=label, linewidth=1)
-    ax[0, 0].set(xlabel="threshold k (mean input-neuron activation)", ylabel="aux ACC (%)", title="FLAIN threshold search")
-    if len(lines) <= 12:
-        ax[0, 0].legend(fontsize=6)
+    panels = list(dict.fromkeys(row for row, *_ in lines))
+    labels = list(dict.fromkeys(label for _, label, *_ in lines))
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, ax = _figure(ncols, nrows, size=(5.2, 3.8))
+    for p, panel in enumerate(panels):
+        a = ax[p // ncols, p % ncols]
+        seen = set()
+        for row, label, c, k in lines:
+            if row != panel:
+                continue
+            i = labels.index(label)
+            st = {"color": color(i), "linestyle": LINESTYLES[i % len(LINESTYLES)]}
+            xs, ys = list(c["k"]), [100 * y for y in c["aux_acc"]]
+            a.plot(xs, ys, linewidth=1.1, label=label if label not in seen else "_nolegend_",
+                   marker="." if len(xs) <= 40 else None, markersize=3, **st)
+            seen.add(label)
+            if isinstance(k, (int, float)) and xs:
+                at = min(range(len(xs)), key=lambda j: abs(xs[j] - k))
+                a.plot([xs[at]], [ys[at]], linestyle="none", marker="o", markersize=8, markerfacecolor="none",
+                       markeredgecolor=st["color"], markeredgewidth=1.5, label="_nolegend_")
+                seen.add("chosen k")
+        if "chosen k" in seen:  # one legend entry for the circles, in black
+            a.plot([], [], linestyle="none", marker="o", markersize=8, markerfacecolor="none", markeredgecolor="k",
+                   markeredgewidth=1.5, label="chosen k (circled)")
+        a.set(xlabel="threshold k (mean input-neuron activation, clean aux)", ylabel="aux ACC (%)",
+              title=" ".join(panel) or "all")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=6)
+    for p in range(len(panels), nrows * ncols):
+        ax[p // ncols, p % ncols].set_visible(False)
+    fig.suptitle("FLAIN threshold search: aux accuracy vs k (one line per seed)", fontsize=10)
     fig.tight_layout()
     return _save(fig, out / "flain_threshold.png")
 
@@ -357,8 +490,11 @@ def _save(fig, path: Path) -> Path:
 # ----------------------------------------------------------------------------- entry point
 def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", plots: bool = True) -> dict[str, Any]:
     """Writes README.md, results.csv and the plots into ``out`` (default <grid_dir>/report).
-    ``grid_dir`` may be a list of grid directories: their runs are reported together."""
+    ``grid_dir`` may be a list of grid directories: their runs are reported together. A single
+    run directory (summary.json, no cells.json) gets ``build_run_report``."""
     dirs = [grid_dir] if isinstance(grid_dir, (str, Path)) else list(grid_dir)
+    if len(dirs) == 1 and is_run_dir(dirs[0]):
+        return build_run_report(dirs[0], out, plots)
     grid, out_dir = Path(dirs[0]), Path(out) if out else Path(dirs[0]) / "report"
     axes, raw_runs, commits = load_grids([str(d) for d in dirs])
     runs = expand_post(raw_runs, column)
@@ -370,7 +506,7 @@ def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", p
     if plots:
         figures = plot_curves(out_dir, runs, row_axes, rows, cols, column)
         figures += [p for p in (plot_asr_vs_x(out_dir, row_axes, rows, cols, groups),
-                                plot_flain_threshold(out_dir, runs)) if p is not None]
+                                plot_flain_threshold(out_dir, runs, row_axes, column)) if p is not None]
     done = sum(r["summary"] is not None for r in raw_runs)
     names = " + ".join(commits) or grid.name
     text = [f"# Grid {names}", "",
@@ -389,33 +525,184 @@ def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", p
                  "(mean ± std over seeds)", "", ftable, "", "Over all rows:", "",
                  summary_by_column(rows, cols, groups), ""]
     text += [f"![{p.stem}]({p.relative_to(out_dir)})" for p in figures if p.parent == out_dir]
+    per_row = [p for p in figures if p.parent == out_dir / "curves"]
+    if per_row:
+        text += ["", "Per-round curves (x: round as in metrics.csv, 0-based; markers at the last round: "
+                 "post-training results): " + ", ".join(f"[{p.stem}]({p.relative_to(out_dir).as_posix()})"
+                                                         for p in per_row)]
     (out_dir / "README.md").write_text("\n".join(text) + "\n")
-    return {"table": table, "rows": rows, "columns": cols, "finished": done, "runs": len(runs), "figures": figures,
-            "claim": claim, "axes": axes, "records": runs, "commits": commits}
+    return {"table": table, "rows": rows, "columns": cols, "finished": done, "runs": len(raw_runs), "figures": figures,
+            "claim": claim, "axes": axes, "records": runs, "commits": commits, "expanded": len(runs),
+            "string_columns": [*row_axes, "column", "post_training"]}
+
+
+# ----------------------------------------------------------------------------- one run
+def is_run_dir(path) -> bool:
+    """A run directory: summary.json and no cells.json."""
+    return (Path(path) / "summary.json").is_file() and not (Path(path) / "cells.json").is_file()
+
+
+def _models(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any], Optional[dict[str, Any]]]]:
+    """(name, figures, post-training block or None): the trained model, then each block."""
+    trained = summary["trained"] if "trained" in summary else summary.get("final", {})
+    out = [("trained", {m: trained.get(m) for m in ("acc", "asr", "aux_acc")}, None)]
+    for name, block in post_blocks(summary).items():
+        out.append((name, {m: block.get(f"{m}_after") for m in ("acc", "asr", "aux_acc")}, block))
+    return out
+
+
+def _fmt(value: Any, scale: float = 100.0, fmt: str = "{:.1f}") -> str:
+    if isinstance(value, list):
+        return ", ".join(_fmt(v, scale, fmt) for v in value)
+    return fmt.format(scale * value) if isinstance(value, (int, float)) and not math.isnan(value) else "–"
+
+
+def run_table(summary: dict[str, Any]) -> tuple[str, list[list[Any]]]:
+    """(Markdown table, CSV rows with a header) of one run: the trained model and each
+    post-training defense's result, the final model marked."""
+    final = (summary.get("final") or {}).get("model") if "trained" in summary else None
+    head = ["model", "ACC (%)", "ASR (%)", "aux ACC (%)", "ACC change (pt)", "ASR change (pt)", "k", "flipped neurons"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    csv_rows: list[list[Any]] = [["model", "final", "acc", "asr", "aux_acc", "acc_change", "asr_change", "k",
+                                  "flipped_neurons", "total_neurons"]]
+    for name, nums, block in _models(summary):
+        block = block or {}
+        d_acc = (block["acc_after"] - block["acc_before"]) if "acc_after" in block else None
+        d_asr = (block["asr_after"] - block["asr_before"]) if "asr_after" in block and "asr_before" in block else None
+        k, flipped, total = block.get("k"), block.get("flipped_neurons"), block.get("total_neurons")
+        label = name + (" (theta_T)" if name == "trained" else "") + (" **final**" if name == final else "")
+        lines.append("| " + " | ".join([label, _fmt(nums["acc"]), _fmt(nums["asr"]), _fmt(nums["aux_acc"]),
+                                         _fmt(d_acc, 100, "{:+.2f}"), _fmt(d_asr, 100, "{:+.1f}"),
+                                         _fmt(k, 1, "{:.4g}") if k is not None else "",
+                                         f"{flipped} / {total}" if flipped is not None and total is not None
+                                         else ("" if flipped is None else str(flipped))]) + " |")
+        def num(v):
+            if isinstance(v, list):
+                return ";".join(f"{x:.6g}" if isinstance(x, (int, float)) else "" for x in v)
+            return f"{v:.6g}" if isinstance(v, (int, float)) else ""
+        csv_rows.append([name, str(name == final).lower() if final else "", num(nums["acc"]), num(nums["asr"]),
+                         num(nums["aux_acc"]), num(d_acc), num(d_asr), num(k),
+                         "" if flipped is None else str(flipped), "" if total is None else str(total)])
+    return "\n".join(lines), csv_rows
+
+
+def build_run_report(run_dir, out: Optional[str] = None, plots: bool = True) -> dict[str, Any]:
+    """The report of one run directory (summary.json, metrics.csv): README.md with the table of the
+    trained model and every post-training defense, the claim check and the plots, results.csv,
+    curves.png and (when a block has a threshold curve) flain_threshold.png, into ``out``
+    (default <run_dir>/report)."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out) if out else run_dir / "report"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    prov = summary.get("provenance") or {}
+    seed = prov.get("seed", summary.get("seed", 0))
+    trained = {k: v for k, v in summary.items() if k not in post_blocks(summary)}
+    blocks = post_blocks(summary)
+    records = [{"values": {"model": "trained"}, "seed": seed, "run_dir": run_dir, "summary": trained}]
+    records += [{"values": {"model": name}, "seed": seed, "run_dir": run_dir, "summary": {**trained, name: block},
+                 "block": name} for name, block in blocks.items()]
+    groups = {((), name): [run_numbers({**trained, name: block}, name)] for name, block in blocks.items()}
+    claim = claim_check([], [()], list(blocks), groups)
+    table, csv_rows = run_table(summary)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        csv.writer(f).writerows(csv_rows)
+    figures = []
+    if plots:
+        figures.append(run_curves.plot_run_curves(run_dir, summary, out_dir / "curves.png"))
+        threshold = plot_flain_threshold(out_dir, records, None, "model")
+        if threshold is not None:
+            figures.append(threshold)
+    label = str(run_dir)
+    git = prov.get("git") or {}
+    commit = git.get("commit")
+    text = [f"# Run {label}", "",
+            f"{summary.get('rounds', '?')} rounds, seed {seed}; code at commit {commit or 'unrecorded'}"
+            + (" (dirty)" if git.get("dirty") else "") + ". ACC / ASR / aux ACC in %; a post-training defense's "
+            "row is its repaired model (changes against the trained model theta_T); **final** marks the model in "
+            "final_model.pt.", "", table, ""]
+    if claim:
+        text += ["## Post-training defenses against the FLAIN paper's claim (ASR < 5%, clean-accuracy loss "
+                 "< 0.5 pt)", "", *claim]
+    text += [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in figures]
+    (out_dir / "README.md").write_text("\n".join(text) + "\n")
+    name = _slug(f"{run_dir.parent.name}_{run_dir.name}" if run_dir.parent.name else run_dir.name)
+    return {"table": table, "rows": [(r[0],) for r in csv_rows[1:]], "columns": csv_rows[0], "finished": 1,
+            "runs": 1, "figures": figures, "claim": claim, "axes": {"model": [r[0] for r in csv_rows[1:]]},
+            "records": records, "commits": {label: [commit] if commit else []}, "name": name,
+            "group": _run_group(run_dir), "string_columns": ["model", "final"]}
+
+
+def _run_group(run_dir: Path) -> Optional[str]:
+    """The W&B group the run logged to (config.yaml's logger.group), if any."""
+    try:
+        import yaml
+
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        return (config.get("logger") or {}).get("group")
+    except Exception:  # no config.yaml, or one this reader does not understand
+        return None
+
+
+# ----------------------------------------------------------------------------- W&B
+INT_COLUMNS = ("seeds", "seed", "flipped_neurons", "total_neurons")
+
+
+def typed_columns(header: list[str], rows: list[list[str]], string_columns) -> list[list[Any]]:
+    """CSV rows with numbers as numbers: every column outside ``string_columns`` whose cells all
+    parse becomes float (int for counts; "" and nan become None); other columns stay strings."""
+    keep = set(string_columns)
+    out = [list(r) for r in rows]
+    for j, name in enumerate(header):
+        if name in keep:
+            continue
+        cells = [r[j] if j < len(r) else "" for r in rows]
+        try:
+            values = [None if c.strip() == "" else float(c) for c in cells]
+        except ValueError:
+            continue  # not a number column (e.g. one k per layer, "0.1;0.2"): strings
+        values = [None if v is None or math.isnan(v) else v for v in values]
+        if name in INT_COLUMNS:
+            values = [None if v is None else int(v) for v in values]
+        for r, v in zip(out, values):
+            r[j] = v
+    return out
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "fedsim", mode: str = "offline",
               entity: Optional[str] = None, column: str = "defense") -> Path:
-    """Logs the report as one W&B run in the grid's group; returns the run's local directory."""
+    """Logs the report as one W&B run in the grid's group (a run's own group for a one-run
+    report); returns the run's local directory."""
     import wandb
 
-    name = json.loads((Path(grid_dir) / "cells.json").read_text()).get("name") or Path(grid_dir).name
+    name = result.get("name")
+    if name is None:
+        name = json.loads((Path(grid_dir) / "cells.json").read_text()).get("name") or Path(grid_dir).name
+    group = result.get("group", name)
     out_dir = Path(out)
     with open(out_dir / "results.csv", newline="") as f:
         rows = list(csv.reader(f))
     axes, runs = result["axes"], result["records"]
+    string_columns = result.get("string_columns", [*[a for a in axes if a != column], "column", "post_training"])
     per_run_cols = [*axes, "seed", "acc", "asr", "post_training", "acc_before", "asr_before", "acc_after",
-                    "asr_after"]
+                    "asr_after", "k", "flipped_neurons"]
     per_run = []
     for r in runs:
         if r["summary"] is None:
             continue
         n = run_numbers(r["summary"], r.get("block", r["values"].get(column, "")))
         n["post_training"] = n.pop("post", None)
-        per_run.append([*(r["values"][a] for a in axes), r["seed"], *(n.get(k) for k in per_run_cols[len(axes) + 1:])])
-    run = wandb.init(project=project, entity=entity, group=name, name=f"{name}-report", job_type="report",
+        if isinstance(n.get("flipped_neurons"), float):
+            n["flipped_neurons"] = int(n["flipped_neurons"])
+        per_run.append([*(str(r["values"][a]) for a in axes), int(r["seed"]),
+                        *(_clean(n.get(k)) for k in per_run_cols[len(axes) + 1:])])
+    run = wandb.init(project=project, entity=entity, group=group, name=f"{name}-report", job_type="report",
                      dir=str(out_dir), mode=mode, config={"grid": name, "axes": axes})
-    run.log({"results": wandb.Table(columns=rows[0], data=rows[1:]),
+    run.log({"results": wandb.Table(columns=rows[0], data=typed_columns(rows[0], rows[1:], string_columns)),
              "runs": wandb.Table(columns=per_run_cols, data=per_run),
              **{f"plots/{p.relative_to(out_dir).with_suffix('').as_posix()}": wandb.Image(str(p))
                 for p in result["figures"]}})
@@ -425,9 +712,32 @@ def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "f
     return local
 
 
+def _fail(message: str) -> None:
+    """One line on stderr, exit status 2 (like argparse's usage errors), no traceback."""
+    print(f"report.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_dirs(dirs: list[str]) -> bool:
+    """True for one run directory, False for grid directories; exits with status 2 otherwise."""
+    for d in dirs:
+        path = Path(d)
+        if not path.is_dir():
+            _fail(f"{d}: no such directory")
+        if not (path / "cells.json").is_file() and not (path / "summary.json").is_file():
+            _fail(f"{d}: neither cells.json (a grid: run launch/experiments.py on it first) nor summary.json "
+                  "(a finished run) found")
+    run_dirs = [d for d in dirs if is_run_dir(d)]
+    if run_dirs and len(dirs) > 1:
+        _fail(f"{run_dirs[0]}: a run directory (summary.json, no cells.json) is reported alone, "
+              "not together with other directories")
+    return bool(run_dirs)
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("grid_dir", nargs="+", help="the grid's out_dir (holds cells.json); several are reported together")
+    parser.add_argument("grid_dir", nargs="+", help="the grid's out_dir (holds cells.json); several are reported "
+                        "together; or one run directory (holds summary.json)")
     parser.add_argument("--out", default=None, help="output folder (default: <grid_dir>/report)")
     parser.add_argument("--columns", default="defense", help="the axis shown as columns")
     parser.add_argument("--no_plots", action="store_true", help="only the table and the CSV")
@@ -437,8 +747,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--wandb_mode", default="offline", choices=["offline", "online", "disabled"],
                         help="W&B mode (with --wandb); offline runs sync later with `wandb sync`")
     args = parser.parse_args(argv)
+    one_run = check_dirs(args.grid_dir)
     out = args.out or str(Path(args.grid_dir[0]) / "report")
-    result = build_report(args.grid_dir, out, args.columns, not args.no_plots)
+    if one_run:
+        result = build_run_report(args.grid_dir[0], out, not args.no_plots)
+    else:
+        result = build_report(args.grid_dir, out, args.columns, not args.no_plots)
     print(result["table"])
     print(f"{result['finished']}/{result['runs']} runs; wrote {out}")
     if args.wandb:

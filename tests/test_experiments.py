@@ -6,6 +6,7 @@ import csv
 import math
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -208,12 +209,157 @@ def test_report_wandb_logs_the_tables_and_plots_offline_in_the_grid_group(tmp_pa
     report.main([str(tmp_path), "--out", str(tmp_path / "rep"), "--wandb"])
     runs = list((tmp_path / "rep" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    records = next(runs[0].glob("run-*.wandb")).read_bytes()
+    records = b""
+    for _ in range(40):  # under load, wandb's writer may lag behind run.finish() for a moment
+        records = next(runs[0].glob("run-*.wandb")).read_bytes()
+        if b"grid-9c1e-report" in records:
+            break
+        time.sleep(0.25)
     for key in (b"grid-9c1e", b"grid-9c1e-report", b"results", b"plots/flain_threshold", b"report"):
         assert key in records, key
     tables = sorted(p.read_text() for p in (runs[0] / "files" / "media" / "table").rglob("*.json"))
     assert any('"asr_after"' in t and "0.49" in t for t in tables)  # the per-run table
     assert "W&B report run (offline)" in capsys.readouterr().out
+
+
+class _FakeWandb:
+    """Stands in for the wandb module: records what report.log_wandb hands it."""
+
+    def __init__(self, run_dir: Path):
+        self.logged, self.init_kwargs, self.run_dir = [], {}, run_dir
+        fake = self
+
+        class Table:
+            def __init__(self, columns, data):
+                self.columns, self.data = list(columns), [list(r) for r in data]
+
+        class Image:
+            def __init__(self, path):
+                self.path = path
+
+        class Run:
+            summary: dict = {}
+            dir = str(run_dir / "files")
+
+            def log(self, data):
+                fake.logged.append(data)
+
+            def finish(self):
+                pass
+
+        self.Table, self.Image, self._run = Table, Image, Run()
+
+    def init(self, **kwargs):
+        self.init_kwargs = kwargs
+        return self._run
+
+
+def test_report_wandb_tables_have_numeric_columns_and_string_axis_values(tmp_path, monkeypatch):
+    fake = _FakeWandb(tmp_path / "wandb-run")
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cells = []
+    for mcr in ("0.1", "0.2"):
+        for d in ("fedavg", "flain"):
+            run_dir = tmp_path / f"{mcr}_{d}" / "seed0"
+            _fake_run(run_dir, 0.9, 0.5, (0.89, 0.0) if d == "flain" else None)
+            cells.append({"values": {"mcr": mcr, "defense": d}, "seed": 0, "run_dir": str(run_dir)})
+    (tmp_path / "cells.json").write_text(json.dumps(
+        {"name": "num", "axes": {"mcr": ["0.1", "0.2"], "defense": ["fedavg", "flain"]}, "cells": cells}))
+    report.main([str(tmp_path), "--out", str(tmp_path / "rep"), "--wandb", "--no_plots"])
+    assert fake.init_kwargs["group"] == "num" and fake.init_kwargs["name"] == "num-report"
+    (logged,) = fake.logged
+    results, runs = logged["results"], logged["runs"]
+    row = dict(zip(results.columns, results.data[1]))  # mcr 0.1, flain
+    assert row["mcr"] == "0.1" and row["column"] == "flain" and row["post_training"] == "flain"  # strings
+    assert row["seeds"] == 1 and isinstance(row["seeds"], int)
+    assert isinstance(row["acc_after_mean"], float) and row["acc_after_mean"] == pytest.approx(0.89)
+    assert dict(zip(results.columns, results.data[0]))["acc_after_mean"] is None  # nan -> None (fedavg)
+    for name in results.columns:  # a number column holds numbers (or None) only, never number strings
+        if name not in ("mcr", "column", "post_training"):
+            assert all(v is None or isinstance(v, (int, float)) for v in (dict(zip(results.columns, r))[name]
+                                                                          for r in results.data)), name
+    per_run = dict(zip(runs.columns, runs.data[1]))
+    assert per_run["mcr"] == "0.1" and per_run["defense"] == "flain" and per_run["seed"] == 0
+    assert per_run["asr_after"] == 0.0 and per_run["k"] == pytest.approx(0.1)
+
+
+def test_typed_columns_keeps_a_column_with_non_numbers_as_strings():
+    rows = report.typed_columns(["a", "n", "k", "seeds"], [["0.1", "1.5", "0.1;0.2", "2"], ["x", "nan", "0.3", ""]],
+                                ["a"])
+    assert rows == [["0.1", 1.5, "0.1;0.2", 2], ["x", None, "0.3", None]]
+
+
+# ----------------------------------------------------------------------------- report of one run directory
+def _one_run(run_dir: Path) -> Path:
+    """A run as fedsim writes it now: trained + final + two post-training blocks + provenance."""
+    run_dir.mkdir(parents=True)
+    trained = {"acc": 0.9, "asr": 0.8, "aux_acc": 0.91, "loss": 0.3, "per_class_acc": [0.9, 0.9]}
+    curve = {"k": [0.0, 0.1], "aux_acc": [0.91, 0.905], "flipped": [0, 7]}
+    summary = {"rounds": 2, "trained": trained, "final": {**trained, "asr": 0.01, "model": "flain"},
+               "flain": {"acc_before": 0.9, "acc_after": 0.899, "asr_before": 0.8, "asr_after": 0.01,
+                         "aux_acc_before": 0.91, "aux_acc_after": 0.905, "k": 0.1, "flipped_neurons": 7,
+                         "total_neurons": 100, "curve": curve},
+               "fine_pruning": {"acc_before": 0.9, "acc_after": 0.85, "asr_before": 0.8, "asr_after": 0.3},
+               "provenance": {"seed": 4, "git": {"commit": "0123abc", "dirty": True}}}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "metrics.csv").write_text("round,train_loss,acc,asr,aux_acc,flain/acc_after\n"
+                                         "0,1.0,0.5,0.2,0.5,\n1,0.5,0.9,0.8,0.91,\n2,,,,,0.899\n")
+    return run_dir
+
+
+def test_report_of_a_single_run_directory(tmp_path, capsys):
+    run_dir = _one_run(tmp_path / "runs" / "quick")
+    result = report.main([str(run_dir)])
+    out = run_dir / "report"
+    text = (out / "README.md").read_text()
+    assert text.startswith(f"# Run {run_dir}\n") and "seed 4; code at commit 0123abc (dirty)" in text
+    assert result["table"].splitlines() == [
+        "| model | ACC (%) | ASR (%) | aux ACC (%) | ACC change (pt) | ASR change (pt) | k | flipped neurons |",
+        "|---|---|---|---|---|---|---|---|",
+        "| trained (theta_T) | 90.0 | 80.0 | 91.0 | – | – |  |  |",
+        "| fine_pruning | 85.0 | 30.0 | – | -5.00 | -50.0 |  |  |",
+        "| flain **final** | 89.9 | 1.0 | 90.5 | -0.10 | -79.0 | 0.1 | 7 / 100 |"]
+    assert result["claim"][0] == ("**fine_pruning**: ASR after < 5% with < 0.5 pt clean-accuracy loss in 0 of 1 "
+                                  "rows (all).")
+    assert "**flain**: ASR after < 5% with < 0.5 pt clean-accuracy loss in 1 of 1 rows (all)." in result["claim"]
+    for name in ("curves.png", "flain_threshold.png", "results.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert "![curves](curves.png)" in text
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["final"]) for r in rows] == [("trained", "false"), ("fine_pruning", "false"),
+                                                         ("flain", "true")]
+    assert "1/1 runs" in capsys.readouterr().out
+
+
+def test_report_of_a_single_old_run_reads_final_as_the_trained_model(tmp_path):
+    run_dir = tmp_path / "old"
+    _fake_run(run_dir, 0.5, 0.25, (0.49, 0.0))
+    result = report.build_report(str(run_dir), str(tmp_path / "rep"))  # build_report dispatches too
+    assert result["table"].splitlines()[2:] == ["| trained (theta_T) | 50.0 | 25.0 | – | – | – |  |  |",
+                                                "| flain | 49.0 | 0.0 | – | -1.00 | -25.0 | 0.1 |  |"]
+
+
+@pytest.mark.parametrize("make", ["empty", "missing"])
+def test_report_of_a_directory_with_neither_file_is_a_one_line_error(tmp_path, capsys, make):
+    path = tmp_path / "nothing"
+    if make == "empty":
+        path.mkdir()
+    with pytest.raises(SystemExit) as info:
+        report.main([str(path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(path) in err and "Traceback" not in err
+    assert ("neither cells.json" in err) == (make == "empty") and ("no such directory" in err) == (make == "missing")
+
+
+def test_report_refuses_a_run_directory_together_with_a_grid(tmp_path, capsys):
+    run_dir = _one_run(tmp_path / "run")
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "cells.json").write_text(json.dumps({"name": "g", "axes": {}, "cells": []}))
+    with pytest.raises(SystemExit) as info:
+        report.main([str(tmp_path / "grid"), str(run_dir)])
+    assert info.value.code == 2 and "reported alone" in capsys.readouterr().err
 
 
 def test_experiments_wandb_flag_turns_on_wandb_in_every_cell(tmp_path, capsys):
@@ -245,7 +391,8 @@ def test_every_grid_expands_and_each_axis_value_parses(path, monkeypatch):
     grid = experiments.load_grid(str(path))
     cells = experiments.expand(grid)
     sizes = [len(v) for v in grid.axes.values()]
-    assert len(cells) == len(grid.seeds) * math.prod(sizes)
+    restricted = any("only" in ov or "seeds" in ov for v in grid.axes.values() for ov in v.values())
+    assert len(cells) == len(grid.seeds) * math.prod(sizes) or restricted and len(cells) < len(grid.seeds) * math.prod(sizes)
     parser = build_parser()
     first = {a: next(iter(v)) for a, v in grid.axes.items()}
     probes = [dict(first, **{a: name}) for a, v in grid.axes.items() for name in v] or [{}]
@@ -253,3 +400,30 @@ def test_every_grid_expands_and_each_axis_value_parses(path, monkeypatch):
         args = experiments.cell_args(grid, values, grid.seeds[0], "runs/x")
         cfg = parser.parse_args(args)
         assert cfg.logger.group == grid.name
+
+
+def test_value_restrictions_and_seeds_first_order(tmp_path):
+    grid = experiments.Grid("g", "base.yaml", str(tmp_path), [0, 1, 2],
+                            {"mcr": {"0.1": {}, "0.2": {}},
+                             "defense": {"fedavg": {}, "krum": {"only": {"mcr": ["0.2"]}, "seeds": [0, 1],
+                                                                "aggregator.init_args.f": 3}}},
+                            {}, "seeds_first")
+    cells = experiments.expand(grid)
+    got = [(c.values["mcr"], c.values["defense"], c.seed) for c in cells]
+    # fedavg: 2 mcr x 3 seeds; krum: mcr 0.2 only, seeds 0 and 1; seed 0's cells first
+    assert got == [("0.1", "fedavg", 0), ("0.2", "fedavg", 0), ("0.2", "krum", 0),
+                   ("0.1", "fedavg", 1), ("0.2", "fedavg", 1), ("0.2", "krum", 1),
+                   ("0.1", "fedavg", 2), ("0.2", "fedavg", 2)]
+    krum = next(c for c in cells if c.values["defense"] == "krum")
+    assert "--aggregator.init_args.f" in krum.args and "--only" not in krum.args and "--seeds" not in krum.args
+
+
+@pytest.mark.parametrize("axes, field", [
+    ({"a": {"x": {"only": {"b": ["nope"]}}}, "b": {"y": {}}}, "grid.axes.a.x.only.b"),
+    ({"a": {"x": {"seeds": [5]}}}, "grid.axes.a.x.seeds"),
+])
+def test_bad_restrictions_name_the_field(tmp_path, axes, field):
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "base": "b.yaml", "seeds": [0], "axes": axes}))
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        experiments.load_grid(str(path))

@@ -282,7 +282,7 @@ def fake_sim(tmp_path, triggered: bool = True):
         attack=SimpleNamespace(test_set=test_set) if triggered else None,
         logger=RecordingLogger(), summary={}, evaluate=evaluate, broadcast=lambda t: t,
         save_params=lambda vec, name: saved.update({name: vec.clone()}), saved=saved,
-        set_global=lambda vec: saved.update({"global": vec}),
+        set_final=lambda vec, evaluation, source: saved.update({"global": vec, "source": source}),
     )
 
 

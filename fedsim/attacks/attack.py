@@ -1,14 +1,15 @@
 """The composite attack the simulation uses: one data poison, model poisons, a schedule.
 
 A malicious client runs the honest trainer with these hooks (see ``fedsim.attacks.base``):
-``poison_batch`` (the data part), ``after_step`` and ``shape_update`` (the model parts, in list
-order). Parts compose freely, e.g. the constrain-and-scale attack of Bagdasaryan et al.
+``before_training`` (the data part, then the model parts), ``poison_batch`` (the data part),
+``extra_loss`` (the model parts' terms, summed), ``after_step`` and ``shape_update`` (the model
+parts, in list order). Parts compose freely, e.g. the constrain-and-scale attack of Bagdasaryan et al.
 (AISTATS 2020) is ``Attack(BadNets(), [PGD(eps), Scaling()])``: project, then scale.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +65,21 @@ class Attack:
         """Bool ``[m]``: which members of this round's cohort (sorted ids ``[m]``) attack."""
         return self.schedule.malicious(round, cohort)
 
+    def before_training(self, model: nn.Module, x: Tensor, y: Tensor, normalize: Callable[[Tensor], Tensor],
+                        ctx: ClientContext, gen: torch.Generator) -> None:
+        for part in self._parts():
+            part.before_training(model, x, y, normalize, ctx, gen)
+
+    def extra_loss(self, model: nn.Module, x: Tensor, y: Tensor, poisoned: Tensor,
+                   ctx: ClientContext) -> Optional[Tensor]:
+        """The sum of the model parts' loss terms; None when no part adds one."""
+        total = None
+        for part in self.model:
+            term = part.extra_loss(model, x, y, poisoned, ctx)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
     def poison_batch(self, x: Tensor, y: Tensor, ctx: ClientContext, gen: torch.Generator):
         if self.data is None:
             return x, y
@@ -83,7 +99,7 @@ class Attack:
         return None if self.data is None else self.data.test_set(x, y)
 
     def state_dict(self) -> dict[str, Any]:
-        """Checkpointable state of the parts that have any (none of ours do)."""
+        """Checkpointable state of the parts that have any (A3FL's trigger)."""
         state = {}
         for i, part in enumerate(self._parts()):
             if hasattr(part, "state_dict"):

@@ -3,8 +3,18 @@
 The honest trainer (``fedsim.clients.local_train``) calls, for a client that the schedule marks
 malicious in this round:
 
+    attack.before_training(model, x, y, normalize, ctx, gen)
+                                                   once, before the first step: the model holds
+                                                   the global weights, (x, y) is the client's
+                                                   whole clean data (raw pixels); adaptive
+                                                   attacks measure or optimise against the
+                                                   global model here (A3FL, dormancy-aware)
     x, y = attack.poison_batch(x, y, ctx, gen)     every batch, raw pixels in [0, 1], before
                                                    normalisation (data poisoning)
+    loss += attack.extra_loss(model, x, y, poisoned, ctx)
+                                                   every batch, after the forward pass, when a
+                                                   part returns a term (None: nothing added;
+                                                   activation camouflage)
     attack.after_step(model, ctx)                  after every optimiser step (PGD projection)
     u = attack.shape_update(u, ctx)                on the final trainable-weight update [d]
                                                    (scaling / model replacement, Neurotoxin)
@@ -12,12 +22,17 @@ malicious in this round:
 and trains with ``attack.lr`` / ``attack.epochs`` when they are set. ``Attack`` composes one data
 part, any number of model parts, and one schedule. Everything random draws from the generator
 passed in, which is seeded from (seed, round, client_id): never from global state or the rank.
+``before_training`` gets its own generator (seed, round, client_id, "attack"), so a part that
+draws there does not shift the client's shuffling; it runs inside the client's seeded global-RNG
+block (dropout of a model it trains is reproducible), and must leave the model's weights and
+buffers as it found them (train copies). The defaults are no-ops that draw nothing, so an attack
+of strength zero still reproduces the honest run bit for bit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +74,10 @@ class DataPoison:
     def connect(self, ctx: AttackContext) -> None:
         self.actx = ctx
 
+    def before_training(self, model: nn.Module, x: Tensor, y: Tensor, normalize: Callable[[Tensor], Tensor],
+                        ctx: ClientContext, gen: torch.Generator) -> None:
+        """Once per malicious client and round, before training (see the module docstring)."""
+
     def poison_batch(self, x: Tensor, y: Tensor, ctx: ClientContext, gen: torch.Generator):
         return x, y
 
@@ -73,6 +92,16 @@ class ModelPoison:
 
     def connect(self, ctx: AttackContext) -> None:
         self.actx = ctx
+
+    def before_training(self, model: nn.Module, x: Tensor, y: Tensor, normalize: Callable[[Tensor], Tensor],
+                        ctx: ClientContext, gen: torch.Generator) -> None:
+        """Once per malicious client and round, before training (see the module docstring)."""
+
+    def extra_loss(self, model: nn.Module, x: Tensor, y: Tensor, poisoned: Tensor,
+                   ctx: ClientContext) -> Optional[Tensor]:
+        """A scalar added to the batch's cross-entropy, or None. ``x``/``y``: the (poisoned) raw
+        batch just forwarded; ``poisoned``: bool ``[B]``, the samples the data part changed."""
+        return None
 
     def after_step(self, model: nn.Module, ctx: ClientContext) -> None:
         pass
