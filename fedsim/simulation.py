@@ -38,7 +38,7 @@ from fedsim.metrics import (clean_counts, eval_batch_size, ordered_sum, rate, sh
                             summarize_clean, target_hits)
 from fedsim.params import ParamLayout
 from fedsim.runtime import dist
-from fedsim.runtime.checkpoint import load_checkpoint, save_atomic
+from fedsim.runtime.checkpoint import load_checkpoint, save_atomic, validate_state, with_digest
 from fedsim.runtime.seeding import generator
 
 META = 3  # columns before the update in a gathered row: client id, samples, loss
@@ -56,6 +56,9 @@ class FedConfig:
         eval_every: evaluate every this many rounds (the last round is always evaluated).
         checkpoint_every: write the checkpoint every this many rounds (0 = only at the end).
         aux_per_class: samples per class in the server's auxiliary clean set (FLAIN's default 80).
+        norm_factor: an update whose L2 norm exceeds this many times the round's median update
+            norm is reported (metric ``updates_over_bound``, a warning); > 1.
+        norm_guard: also drop such updates before aggregation (like non-finite ones).
     """
 
     num_clients: int = 100
@@ -65,6 +68,8 @@ class FedConfig:
     eval_every: int = 1
     checkpoint_every: int = 1
     aux_per_class: int = 80
+    norm_factor: float = 100.0
+    norm_guard: bool = False
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -84,6 +89,8 @@ class FedConfig:
             raise ValueError(f"fed.checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
         if self.aux_per_class < 0:
             raise ValueError(f"fed.aux_per_class must be >= 0, got {self.aux_per_class}")
+        if not self.norm_factor > 1:
+            raise ValueError(f"fed.norm_factor must be > 1, got {self.norm_factor}")
 
     @property
     def cohort_size(self) -> int:
@@ -164,9 +171,7 @@ class Simulation:
                 raise ValueError(f"resume: checkpoint {resume!r} was written with seed={state['seed']}, "
                                  f"this run has seed={self.config.seed}; resume with the same seed")
             _check_fingerprint(resume, state.get("fingerprint"), self.config.fingerprint)
-            if state["global_params"].numel() != self.layout.numel:
-                raise ValueError(f"resume: checkpoint {resume!r} holds {state['global_params'].numel()} parameters, "
-                                 f"the configured model has {self.layout.numel}")
+            validate_state(state, resume, self.layout.numel, self.global_params.dtype, fed.rounds)
             self.global_params = state["global_params"].to(self.device)
             self.theta0 = state["theta0"].to(self.device)
             self.prev_global = state["prev_global"].to(self.device) if state.get("prev_global") is not None else None
@@ -255,7 +260,16 @@ class Simulation:
         w = self.layout.num_weights
         updates, weights, keep = drop_nonfinite(rows[:, META:], rows[:, 1])
         metrics["dropped_nonfinite"] = int((~keep).sum())
-        if len(weights) == 0:  # nothing usable arrived: keep the global model
+        keep = self._check_norms(r, rows, updates, keep, metrics)
+        updates, weights = rows[keep][:, META:], rows[keep][:, 1]
+        need = self.aggregator.min_clients()
+        if len(weights) < need:  # documented fallback: keep the global model for this round
+            print(f"warning: round {r}: {len(weights)} usable updates, {type(self.aggregator).__name__} needs "
+                  f">= {need}; the global model is kept for this round", flush=True)
+            metrics["skipped_round"] = 1
+            self.logger.log_round_record({"round": r, "clients": rows[:, 0].long().tolist(),
+                                          "malicious": rows[:, 0].long()[malicious.to(rows.device)].tolist(),
+                                          "dropped": rows[:, 0].long()[~keep].tolist(), "skipped": True})
             return self.global_params.clone(), metrics
         ids = rows[:, 0].long()[keep]
         mal = malicious.to(self.device)[keep]
@@ -277,6 +291,27 @@ class Simulation:
             record["accepted"] = ids[result.accepted.to(ids.device)].tolist()
         self.logger.log_round_record(record)
         return self.global_params + torch.cat([result.update, buffers]), metrics
+
+    def _check_norms(self, r: int, rows: Tensor, updates: Tensor, keep: Tensor, metrics: dict) -> Tensor:
+        """Reports (and with ``fed.norm_guard`` drops) updates whose norm exceeds ``norm_factor``
+        times the round's median; returns the rows kept (a mask over ``rows``)."""
+        w = self.layout.num_weights
+        norms = torch.full((rows.shape[0],), float("nan"), device=rows.device)
+        if len(updates):
+            norms[keep] = torch.linalg.vector_norm(updates[:, :w], dim=1)
+        finite = norms[keep]
+        metrics["update_norm_max"] = float(finite.max()) if len(finite) else 0.0
+        bound = self.fed.norm_factor * float(finite.median()) if len(finite) else float("inf")
+        over = keep & (norms > bound)
+        metrics["updates_over_bound"] = int(over.sum())
+        if over.any():
+            ids = rows[over, 0].long().tolist()
+            action = "dropped (fed.norm_guard)" if self.fed.norm_guard else "kept (set fed.norm_guard true to drop them)"
+            print(f"warning: round {r}: clients {ids} sent updates with norm > {self.fed.norm_factor:g} x the "
+                  f"median ({bound:.3g}; max {metrics['update_norm_max']:.3g}); {action}", flush=True)
+            if self.fed.norm_guard:
+                keep = keep & ~over
+        return keep
 
     def _server_update(self, r: int, per_class: Optional[int] = None) -> Tensor:
         """The server trains the global model on its auxiliary (root) data (FLTrust's g0):
@@ -394,7 +429,7 @@ class Simulation:
                  "attack": self.attack.state_dict() if self.attack is not None else {},
                  "wandb_id": self.logger.wandb_id, "seed": self.config.seed,
                  "train_seconds": self.train_seconds, "fingerprint": self.config.fingerprint}
-        save_atomic(state, self.run_dir / "checkpoints" / "last.ckpt")
+        save_atomic(with_digest(state), self.run_dir / "checkpoints" / "last.ckpt")
 
 
 def _check_fingerprint(resume: str, saved: Optional[dict], current: Optional[dict]) -> None:

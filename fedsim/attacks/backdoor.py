@@ -140,7 +140,7 @@ class Blended(TargetedPoison):
         if self.pattern_source == "random":
             self.pattern = random_pattern(ctx.image_shape, generator(ctx.seed, "attack", "blended"))
             return
-        pattern = torch.load(self.pattern_source, map_location="cpu").float()
+        pattern = torch.load(self.pattern_source, map_location="cpu", weights_only=True).float()
         pattern = pattern.expand(ctx.image_shape) if pattern.dim() == 2 else pattern
         if tuple(pattern.shape) != tuple(ctx.image_shape):
             raise ValueError(f"Blended.pattern has shape {tuple(pattern.shape)}, not {ctx.image_shape}")
