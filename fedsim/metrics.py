@@ -5,7 +5,8 @@
 - Attack success rate (ASR): share of *triggered* test inputs classified as the attacker's
   target, counted only over inputs whose true label is not the target (one-to-one attacks: only
   the source class). Which inputs count is decided by ``Attack.test_set``; counting samples that
-  already belong to the target class is a known pitfall (REFERENCES.md) that this excludes.
+  already belong to the target class is a known pitfall (it inflates the ASR by the clean
+  accuracy on the target class, as BackdoorBench's metric definitions point out) that this excludes.
 - Auxiliary accuracy: clean accuracy on the server's auxiliary set (what FLAIN may look at).
 
 The ``*_counts`` functions return sums, so ranks can each evaluate a shard and add them up.

@@ -8,7 +8,8 @@ This is the only module that knows the layout of a model's state as a vector. Th
 ``ParamLayout.num_weights`` marks the boundary. Aggregators only ever see the first part
 (``updates[:, :num_weights]``); the buffer part is always combined with a sample-weighted mean.
 Mixing running statistics into the vectors that robust rules compare is a known pitfall of
-FLAME re-implementations (see REFERENCES.md), so we keep them apart by construction.
+FLAME re-implementations (some cluster flattened state dicts that include BatchNorm running
+means and variances), so we keep them apart by construction.
 Integer buffers (``num_batches_tracked``) are not federated: ``load`` resets them to zero, so a
 client's training never depends on which clients its process trained before.
 """

@@ -4,7 +4,7 @@
       SAMPLE     cohort = f(seed, r), identical on every rank, no communication
       SHARD      my positions = cohort positions [rank::world]
       TRAIN      each of my clients: update = local_train(global, data_c, (seed, r, c))
-      GATHER     every client's row [client_id, samples, loss, update] reaches every rank
+      GATHER     every client's row [client_id, samples, loss, update] reaches rank 0
       AGGREGATE  rank 0: drop non-finite rows, rule on the weights, sample-weighted mean of buffers
       BROADCAST  the new global model from rank 0
       EVALUATE   clean ACC / loss / per-class ACC, aux ACC, ASR; each rank a shard, counts summed

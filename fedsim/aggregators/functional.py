@@ -79,17 +79,6 @@ def multi_krum_select(updates: Tensor, f: int, m: int) -> Tensor:
     return torch.sort(scores, stable=True).indices[:m]
 
 
-def krum(updates: Tensor, f: int) -> Tensor:
-    """Krum: the single update with the lowest Krum score (needs ``n > 2f + 2``)."""
-    return updates[multi_krum_select(updates, f, 1)[0]]
-
-
-def multi_krum(updates: Tensor, weights: Tensor, f: int, m: int) -> Tensor:
-    """Multi-Krum: the sample-weighted mean of the ``m`` best-scored updates."""
-    idx = multi_krum_select(updates, f, m)
-    return weighted_mean(updates[idx], weights[idx])
-
-
 def median(updates: Tensor) -> Tensor:
     """Coordinate-wise median; for even ``n`` the mean of the two middle values (as numpy).
     Ignores sample weights (Yin et al. 2018)."""

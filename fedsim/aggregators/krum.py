@@ -75,7 +75,8 @@ class MultiKrum(Aggregator):
         self.m = m
 
     def min_clients(self) -> int:
-        return 2 * self.f + 3
+        """Krum's ``n > 2f + 2``, and at least ``m`` clients to average (checked before training)."""
+        return max(2 * self.f + 3, self.m or 0)
 
     def aggregate(self, updates: Tensor, weights: Tensor, ctx: RoundContext) -> AggregationResult:
         n = updates.shape[0]

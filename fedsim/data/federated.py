@@ -2,10 +2,11 @@
 server's auxiliary clean set.
 
 FLAIN (Ding, Yang, Huang, arXiv 2408.08655, ICMR 2025) assumes the server holds a small clean
-auxiliary dataset, disjoint from client data and from the test set; its reference scripts draw
-it from the training split per class (80 samples per class by default, our ``aux_per_class``).
-We draw it first with ``generator(seed, "aux")``, remove it from the training split, and then
-partition the remaining pool with ``generator(seed, "partition")``.
+auxiliary dataset, disjoint from client data and from the test set. The authors' reference
+scripts take the first 80 samples per class of the *test* split (``--aux_samples 80``), which
+then also stay in the test set. We draw ``aux_per_class`` samples per class from the training
+split with ``generator(seed, "aux")``, remove them from the client pool, and then partition the
+remaining pool with ``generator(seed, "partition")``: the auxiliary set is disjoint from both.
 """
 
 from __future__ import annotations
