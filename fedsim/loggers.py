@@ -31,6 +31,11 @@ class LoggerConfig:
         name: W&B run name; None = the run directory's name.
         mode: "offline" (default: sync later with `wandb sync`), "online" or "disabled".
         tags: W&B tags.
+        job_type: W&B job type ("train" for a run; grids set "grid-cell", reports "report").
+        config: extra top-level W&B config entries (grids put their axis values and seed here,
+            so the W&B runs table groups by them).
+        artifacts: also upload final_model.pt and every <defense>_repaired.pt as a W&B model
+            artifact at the end (off by default: a model can be large).
     """
 
     wandb: bool = False
@@ -40,6 +45,9 @@ class LoggerConfig:
     name: Optional[str] = None
     mode: str = "offline"
     tags: list[str] = field(default_factory=list)
+    job_type: str = "train"
+    config: dict[str, Any] = field(default_factory=dict)
+    artifacts: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in WANDB_MODES:
@@ -53,6 +61,8 @@ class RunLogger:
         self.config, self.run_dir, self.enabled = config, Path(run_dir), is_zero
         self.rows: list[dict[str, Any]] = []
         self.wandb_run = None
+        self.pending: dict[str, Any] = {}  # post-training scalars, logged to W&B in one call
+        self.pending_step = 0
         self.run_config = run_config or {}
 
     def start(self, resume_round: int = 0, wandb_id: Optional[str] = None) -> None:
@@ -78,8 +88,8 @@ class RunLogger:
         c = self.config
         self.wandb_run = wandb.init(
             project=c.project, entity=c.entity, group=c.group, name=c.name or self.run_dir.name,
-            mode=c.mode, dir=str(self.run_dir), config=self.run_config, tags=c.tags,
-            id=run_id, resume="allow" if run_id else None,
+            mode=c.mode, dir=str(self.run_dir), config={**self.run_config, **c.config}, tags=c.tags,
+            job_type=c.job_type, id=run_id, resume="allow" if run_id else None,
         )
         self.wandb_run.define_metric("round")
         self.wandb_run.define_metric("*", step_metric="round")
@@ -91,7 +101,8 @@ class RunLogger:
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
         if not self.enabled:
             return
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        scalars = {k: int(v) if isinstance(v, bool) else v for k, v in metrics.items()
+                   if isinstance(v, (int, float))}  # booleans as 0/1: no object-typed columns
         self.rows.append({"round": step, **scalars})
         self._write_csv()
         if self.wandb_run is not None:
@@ -114,11 +125,43 @@ class RunLogger:
             writer.writerows(self.rows)
         os.replace(tmp, self.run_dir / "metrics.csv")
 
-    def log_histogram(self, key: str, values, step: int) -> None:
-        if self.enabled and self.wandb_run is not None:
-            import wandb
+    def log_posttrain(self, name: str, values: dict[str, Any], step: int) -> None:
+        """A post-training defense's scalars: one row of ``posttrain.csv`` (not metrics.csv, which
+        has exactly one row per round) and, on W&B, ``<name>/<key>`` in one call at the end."""
+        if not self.enabled:
+            return
+        scalars = {k: int(v) if isinstance(v, bool) else v for k, v in values.items() if isinstance(v, (int, float))}
+        path = self.run_dir / "posttrain.csv"
+        rows = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
+        rows = [r for r in rows if r.get("defense") != name] + [{"defense": name, **scalars}]
+        keys: dict[str, None] = {}
+        for row in rows:
+            keys.update(dict.fromkeys(row))
+        tmp = self.run_dir / ".posttrain.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(keys))
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        self.pending.update({f"{name}/{k}": v for k, v in scalars.items()})
+        self.pending_step = step
 
-            self.wandb_run.log({"round": step, key: wandb.Histogram(values.detach().cpu().numpy())})
+    def log_histograms(self, entries: dict[str, Any], step: int, bins: int = 64) -> None:
+        """Several histograms on the same bins (e.g. clean vs triggered activations), one call."""
+        if not (self.enabled and self.wandb_run is not None) or not entries:
+            return
+        import numpy as np
+        import wandb
+
+        arrays = {k: v.detach().cpu().double().numpy() for k, v in entries.items()}
+        lo = min(float(a.min()) for a in arrays.values() if a.size)
+        hi = max(float(a.max()) for a in arrays.values() if a.size)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+        self.wandb_run.log({"round": step, **{k: wandb.Histogram(np_histogram=np.histogram(a, bins=edges))
+                                              for k, a in arrays.items()}})
+
+    def log_histogram(self, key: str, values, step: int) -> None:
+        self.log_histograms({key: values}, step)
 
     def log_image(self, key: str, path, step: int) -> None:
         if self.enabled and self.wandb_run is not None:
@@ -126,11 +169,17 @@ class RunLogger:
 
             self.wandb_run.log({"round": step, key: wandb.Image(str(path))})
 
-    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+    def log_table(self, key: str, columns: list[str], rows: list[list],
+                  line: Optional[tuple[str, str]] = None, title: str = "") -> None:
+        """A table; with ``line=(x, y)`` also a ready line chart of y against x (``<key>_chart``)."""
         if self.enabled and self.wandb_run is not None:
             import wandb
 
-            self.wandb_run.log({key: wandb.Table(columns=columns, data=rows)})
+            table = wandb.Table(columns=columns, data=rows)
+            out = {key: table}
+            if line is not None:
+                out[f"{key}_chart"] = wandb.plot.line(table, line[0], line[1], title=title or key)
+            self.wandb_run.log(out)
 
     def set_summary(self, values: dict[str, Any]) -> None:
         """Sets the W&B run summary (what the runs table shows), rank 0 only."""
@@ -139,5 +188,21 @@ class RunLogger:
 
     def finish(self) -> None:
         if self.wandb_run is not None:
+            if self.pending:
+                self.wandb_run.log({"round": self.pending_step, **self.pending})
+                self.pending = {}
+            if self.config.artifacts:
+                self._log_models()
             self.wandb_run.finish()
             self.wandb_run = None
+
+    def _log_models(self) -> None:
+        import wandb
+
+        files = [p for p in [self.run_dir / "final_model.pt", *sorted(self.run_dir.glob("*_repaired.pt"))] if p.exists()]
+        if files:
+            art = wandb.Artifact(f"{self.wandb_run.id}-models", type="model",
+                                 description="final_model.pt (the final model) and each post-training defense's repair")
+            for p in files:
+                art.add_file(str(p))
+            self.wandb_run.log_artifact(art)

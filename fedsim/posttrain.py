@@ -73,7 +73,4 @@ class PostTrainingDefense(Callback):
             simulation.set_final(repaired, after, self.name)
         if fabric.is_global_zero:
             simulation.save_params(repaired, f"{self.name}_repaired.pt")
-            simulation.logger.log_metrics(
-                {f"{self.name}/{k}": v for k, v in block.items() if isinstance(v, (int, float))},
-                step=simulation.rounds,
-            )
+            simulation.logger.log_posttrain(self.name, block, step=simulation.rounds)

@@ -98,18 +98,19 @@ class FLAIN(PostTrainingDefense):
         step = sim.rounds
         for r in results:
             key = f"{self.name}/{r.layer}"
-            sim.logger.log_histogram(f"{key}/activation_clean", r.activations, step)
+            hists = {f"{key}/activation_clean": r.activations}
             if r.activations_triggered is not None:
-                sim.logger.log_histogram(f"{key}/activation_triggered", r.activations_triggered,
-                                         step)
+                hists[f"{key}/activation_triggered"] = r.activations_triggered
+            sim.logger.log_histograms(hists, step)  # the same bins for clean and triggered
             sim.logger.log_table(f"{key}/curve", ["k", "aux_acc", "flipped"],
-                                 [list(c) for c in r.curve])
+                                 [list(c) for c in r.curve], line=("k", "aux_acc"),
+                                 title=f"{self.name} {r.layer}: aux accuracy vs threshold k")
             # One row per layer at the final round: the curve itself is a table, because the
             # x-axis of every logged metric is the round.
-            sim.logger.log_metrics({f"{key}/k": r.k if r.k is not None else -1.0,
-                                    f"{key}/flipped_neurons": r.flipped,
-                                    f"{key}/aux_acc_after": r.aux_acc_after,
-                                    f"{key}/evaluations": len(r.curve)}, step)
+            sim.logger.log_posttrain(f"{self.name}/{r.layer}",
+                                     {"k": r.k if r.k is not None else -1.0,
+                                      "flipped_neurons": r.flipped, "evaluations": len(r.curve)},
+                                     step)
         if self.plots:
             paths = [plot_activations(sim.run_dir / f"{self.name}_activations.png", results,
                                       [r.activations for r in results],

@@ -28,7 +28,9 @@ Override keys are train.py's dotted options with or without the leading ``--``; 
 path or a list of paths (overlay files). Scalars are passed as text, lists and dicts as JSON.
 Argument order of a cell (later wins): ``--config base``, the grid's ``overrides`` config files,
 every axis's config files in axis order, the grid's dotted overrides, every axis's dotted
-overrides in axis order, then ``--seed``, ``--run_dir``, ``--logger.group``, ``--resume auto``
+overrides in axis order, then ``--seed``, ``--run_dir``, ``--logger.group``, the W&B name
+(``<cell>-seed<k>``), job type (``grid-cell``), tags (``axis=value``) and config entries (the axis
+values, seed and grid name, top-level so the W&B runs table groups by them), ``--resume auto``
 ``--threads 1`` and ``--devices``. So files come first and dotted keys refine them. Every cell
 trains with one torch thread per process (``--devices`` = cores // ``--processes`` processes),
 so a cell's numbers do not depend on how many cells run at once. ``cells.json`` records the git
@@ -185,8 +187,12 @@ def cell_args(grid: Grid, values: dict[str, str], seed: int, run_dir: str) -> li
         configs += c
         dotted += d
     args = [a for path in configs for a in ("--config", path)]
+    # W&B: the cell's name, tags and top-level config entries come from its axis values
+    wandb = ["--logger.name", f"{cell_name(values)}-seed{seed}", "--logger.job_type", "grid-cell",
+             "--logger.tags", json.dumps([f"{a}={v}" for a, v in values.items()]),
+             "--logger.config", json.dumps({**values, "seed": seed, "grid": grid.name})]
     return args + dotted + ["--seed", str(seed), "--run_dir", run_dir,
-                            "--logger.group", grid.name, "--resume", "auto"]
+                            "--logger.group", grid.name, *wandb, "--resume", "auto"]
 
 
 def _allowed(grid: Grid, values: dict[str, str], seed: int) -> bool:

@@ -49,7 +49,9 @@ def test_expand_is_the_cartesian_product_times_seeds_with_documented_names_and_o
     assert cells[3].args == [
         "--config", "base.yaml", "--config", "O.yaml", "--config", "B.yaml", "--config", "C.yaml",
         "--fed.rounds", "2", "--k.v", "true", "--m.n", "0.1",
-        "--seed", "1", "--run_dir", "out/y_0.1/seed1", "--logger.group", "g", "--resume", "auto"]
+        "--seed", "1", "--run_dir", "out/y_0.1/seed1", "--logger.group", "g",
+        "--logger.name", "y_0.1-seed1", "--logger.job_type", "grid-cell", "--logger.tags", '["a=y", "b=0.1"]',
+        "--logger.config", '{"a": "y", "b": "0.1", "seed": 1, "grid": "g"}', "--resume", "auto"]
 
 
 def test_cell_names_replace_unsafe_characters_and_collisions_are_rejected():

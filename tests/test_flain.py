@@ -297,13 +297,13 @@ def test_callback_writes_summary_plots_and_repaired_vector(tmp_path):
     assert len(block["curve"]["k"]) == len(block["curve"]["aux_acc"]) > 0
     assert (tmp_path / "flain_activations.png").stat().st_size > 0
     assert (tmp_path / "flain_threshold.png").stat().st_size > 0
-    hist_keys = [args[0] for name, args in sim.logger.calls if name == "log_histogram"]
-    assert hist_keys == ["flain/fc1/activation_clean", "flain/fc1/activation_triggered"]
+    hist_keys = [list(args[0]) for name, args in sim.logger.calls if name == "log_histograms"]
+    assert hist_keys == [["flain/fc1/activation_clean", "flain/fc1/activation_triggered"]]  # one call, same bins
     repaired = sim.saved["flain_repaired.pt"]
     assert torch.equal(sim.saved["global"], repaired)
     w0 = sim.layout.view(sim.theta0, "fc1.weight")
     delta = sim.layout.view(sim.trained_params, "fc1.weight") - w0
-    acts = sim.logger.calls[0][1][1]
+    acts = sim.logger.calls[0][1][0]["flain/fc1/activation_clean"]
     w = flip_columns(w0, delta, acts, block["k"])
     w = w * (delta + w0).norm() / w.norm()
     assert block["flipped_neurons"] > 0
@@ -313,8 +313,8 @@ def test_callback_writes_summary_plots_and_repaired_vector(tmp_path):
 def test_callback_without_attack_and_with_empty_aux(tmp_path):
     sim = fake_sim(tmp_path, triggered=False)
     FLAIN(plots=False).on_train_end(SimpleNamespace(is_global_zero=True), sim)
-    assert [a[0] for n, a in sim.logger.calls if n == "log_histogram"] == \
-        ["flain/fc1/activation_clean"]
+    assert [list(a[0]) for n, a in sim.logger.calls if n == "log_histograms"] == \
+        [["flain/fc1/activation_clean"]]
     assert not (tmp_path / "flain_activations.png").exists()
     sim.data.aux = SimpleNamespace(x=sim.data.aux.x[:0], y=sim.data.aux.y[:0])
     with pytest.raises(ValueError, match="simulation.data.aux"):

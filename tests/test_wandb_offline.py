@@ -46,11 +46,20 @@ class FakeWandb:
         self.runs.append(FakeRun(**kwargs))
         return self.runs[-1]
 
-    Histogram = Image = staticmethod(lambda *a, **k: ("media", a))
+    Image = staticmethod(lambda *a, **k: ("image", a))
+
+    @staticmethod
+    def Histogram(np_histogram=None, **kwargs):
+        return {"histogram": np_histogram}
 
     @staticmethod
     def Table(columns, data):
         return {"columns": columns, "data": data}
+
+    class plot:  # noqa: N801 - mirrors wandb.plot
+        @staticmethod
+        def line(table, x, y, title=""):
+            return {"line": (x, y), "title": title, "table": table}
 
 
 def test_wandb_summary_holds_the_final_model_and_the_trained_one_under_a_prefix(tmp_path, monkeypatch, capsys):
@@ -70,3 +79,34 @@ def test_wandb_summary_holds_the_final_model_and_the_trained_one_under_a_prefix(
     out = capsys.readouterr().out
     assert "trained (theta_T)" in out and "<- final model" in out and "flipped" in out
     assert f"run folder: {tmp_path / 'run'}" in out
+    assert run.init["job_type"] == "train"
+    # FLAIN: clean and triggered activation histograms in one call, on the same bins
+    (hists,) = [v for v in run.logged if "flain/fc2/activation_clean" in v]
+    clean, trig = hists["flain/fc2/activation_clean"], hists["flain/fc2/activation_triggered"]
+    assert list(clean["histogram"][1]) == list(trig["histogram"][1])
+    (chart,) = [v["flain/fc2/curve_chart"] for v in run.logged if "flain/fc2/curve_chart" in v]
+    assert chart["line"] == ("k", "aux_acc")
+    # post-training scalars: one W&B call at the end, and posttrain.csv, not metrics.csv
+    (post,) = [v for v in run.logged if "flain/asr_after" in v]
+    assert post["flain/fc2/k"] == summary["flain"]["k"] and "flain/fc2/aux_acc_after" not in post
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rounds = [line.split(",")[0] for line in f.read().splitlines()[1:]]
+    assert rounds == ["0", "1", "2"]  # exactly one row per round
+    assert "flain" in (tmp_path / "run" / "posttrain.csv").read_text()
+
+
+def test_grid_cells_get_names_tags_and_axis_config_on_wandb(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(TINY.parents[2] / "launch"))
+    import experiments
+
+    grid = experiments.Grid("g7", str(TINY), str(tmp_path), [3], {"mcr": {"0.2": {"fed.rounds": 1}}}, {})
+    (cell,) = experiments.expand(grid)
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    main(cell.args + ["--logger.wandb", "true"])
+    (run,) = fake.runs
+    assert run.init["name"] == "0.2-seed3" and run.init["group"] == "g7" and run.init["job_type"] == "grid-cell"
+    assert run.init["tags"] == ["mcr=0.2"]
+    assert run.init["config"]["mcr"] == 0.2 and run.init["config"]["seed"] == 3  # numbers stay numbers
