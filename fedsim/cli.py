@@ -26,7 +26,7 @@ from fedsim.callbacks import Callback
 from fedsim.clients import ClientConfig
 from fedsim.data import Dataset, EmbeddedMNIST, IID, Partitioner, build_federated
 from fedsim.loggers import LoggerConfig, RunLogger
-from fedsim.models import MnistCNN
+from fedsim.models import MnistCNN, Model
 from fedsim.runtime import dist
 from fedsim.runtime.rundir import RunDirError, RunLock, check_run_dir, clear_results
 from fedsim.runtime.seeding import derive_seed
@@ -36,7 +36,7 @@ from fedsim.simulation import FedConfig, Simulation, SimulationConfig
 def run(
     data: Dataset = lazy_instance(EmbeddedMNIST),
     partition: Partitioner = lazy_instance(IID),
-    model: nn.Module = lazy_instance(MnistCNN),
+    model: Model = lazy_instance(MnistCNN),
     fed: FedConfig = FedConfig(),
     client: ClientConfig = ClientConfig(),
     aggregator: Aggregator = lazy_instance(FedAvg),
@@ -58,7 +58,8 @@ def run(
     Args:
         data: the dataset (class_path: fedsim.data.EmbeddedMNIST, MNIST, FashionMNIST, EMNIST, CIFAR10).
         partition: how the training pool is split over clients (fedsim.data.IID, Dirichlet, Shards).
-        model: the network (fedsim.models.MnistCNN, FmnistCNN, CifarCNN, ResNet18, TinyNet).
+        model: the network (fedsim.models.MnistCNN, FmnistCNN, CifarCNN, ResNet18, TinyNet, LogReg;
+            your own: a subclass of fedsim.models.Model).
         fed: the federation: clients, rounds, cohort size, evaluation and checkpoint cadence.
         client: local training of every client.
         aggregator: the server's rule (fedsim.aggregators.FedAvg, Krum, Median, ...).
@@ -85,6 +86,9 @@ def run(
 
 
 def build_parser() -> ArgumentParser:
+    import fedsim.repair  # noqa: F401  (registers the post-training defenses, so short names resolve:
+    import flain  # noqa: F401           --callbacks.help FLAIN, --callbacks FinePruning)
+
     parser = ArgumentParser(prog="launch/train.py", description=run.__doc__.split("\n")[0], exit_on_error=False,
                             allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config file")

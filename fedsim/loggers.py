@@ -78,6 +78,7 @@ class RunLogger:
         if resume_round > 0 and records.exists():
             kept = [line for line in records.read_text().splitlines() if json.loads(line)["round"] < resume_round]
         records.write_text("".join(line + "\n" for line in kept))
+        self._write_csv()  # the rows the checkpoint covers (none for a new run): the file always exists
         if self.config.wandb:
             self._start_wandb(wandb_id)
 

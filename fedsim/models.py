@@ -11,7 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class MnistCNN(nn.Module):
+class Model(nn.Module):
+    """Base class of the networks the command line accepts (``model: class_path``): a plain
+    ``nn.Module``; subclass it for your own network so that ``--help`` lists only models."""
+
+
+class MnistCNN(Model):
     """2 conv + fc1 + fc2 for 1x28x28 inputs (fc1 input 64*7*7 = 3136, 128 hidden units).
 
     Args:
@@ -42,7 +47,7 @@ def _conv_bn(cin: int, cout: int, padding: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=padding), nn.BatchNorm2d(cout), nn.ReLU())
 
 
-class FmnistCNN(nn.Module):
+class FmnistCNN(Model):
     """The reference Fashion-MNIST net: 5 conv+BN, fc1 (512*2*2 -> 256), fc2, fc3, fc4.
 
     Args:
@@ -71,7 +76,7 @@ class FmnistCNN(nn.Module):
         return self.fc4(x)
 
 
-class CifarCNN(nn.Module):
+class CifarCNN(Model):
     """The reference CIFAR-10 net: 6 conv+BN in 3 blocks, fc1 (256*4*4 -> 1024), fc2, fc3.
 
     Args:
@@ -98,7 +103,7 @@ class CifarCNN(nn.Module):
         return self.fc3(x)
 
 
-class ResNet18(nn.Module):
+class ResNet18(Model):
     """torchvision's ResNet-18 adapted to 32x32 inputs (3x3 stem, no max-pool).
 
     Args:
@@ -119,7 +124,7 @@ class ResNet18(nn.Module):
         return self.net(x)
 
 
-class TinyNet(nn.Module):
+class TinyNet(Model):
     """A small MLP for tests: flatten -> fc1 -> ReLU -> fc2.
 
     Args:
@@ -137,7 +142,7 @@ class TinyNet(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
-class LogReg(nn.Module):
+class LogReg(Model):
     """Multinomial logistic regression: one ``nn.Linear`` on the flattened input.
 
     Args:

@@ -231,3 +231,22 @@ def test_too_few_usable_updates_keep_the_global_model_for_that_round(tiny_args, 
     rows = _rows(tmp_path / "run")
     assert [int(r["skipped_round"]) for r in rows] == [1, 1] and summary["rounds"] == 2
     assert "the global model is kept for this round" in capsys.readouterr().out
+
+
+def test_help_lists_the_projects_models_and_resolves_callbacks_by_short_name():
+    done = _console("--help")
+    assert done.returncode == 0
+    start = done.stdout.index("  --model MODEL ")
+    model_help = done.stdout[start:done.stdout.index("  --fed CONFIG", start)]
+    assert "fedsim.models.LogReg" in model_help and "torch.nn.Linear" not in model_help
+    assert len(done.stdout.splitlines()) < 300
+    flain_help = _console("--callbacks.help", "FLAIN")
+    assert flain_help.returncode == 0 and "--callbacks.stop" in flain_help.stdout
+
+
+def test_an_attack_whose_rounds_lie_outside_the_run_is_refused(tiny_args):
+    attack = ('{"class_path": "fedsim.attacks.Attack", "init_args": {"data": {"class_path": "fedsim.attacks.BadNets",'
+              ' "init_args": {"target": 5}}, "schedule": {"class_path": "fedsim.attacks.Schedule",'
+              ' "init_args": {"mcr": 0.4, "start_round": 10}}}}')
+    with pytest.raises(ValueError, match=r"attack.schedule: no active round inside the run's rounds 0..2"):
+        main(tiny_args + ["--attack", attack])

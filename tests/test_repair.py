@@ -195,13 +195,14 @@ def test_on_train_end_writes_summary_block():
     sim.fabric = SimpleNamespace(is_global_zero=True)
     sim.evaluate = lambda v: {"acc": aux_acc(sim, v), "aux_acc": aux_acc(sim, v), "loss": 0.0}
     sim.broadcast, sim.rounds, sim.summary = (lambda t: t), 3, {}
-    sim.set_global = lambda v: calls.setdefault("global", v)
+    sim.set_final = lambda v, evaluation, source: calls.setdefault("global", (v, source))
     sim.save_params = lambda v, f: calls.setdefault("file", f)
-    sim.logger = SimpleNamespace(log_metrics=lambda m, step: calls.setdefault("metrics", m))
+    sim.logger = SimpleNamespace(log_posttrain=lambda name, m, step: calls.setdefault("metrics", (name, m)))
     FinePruning(finetune_epochs=0).on_train_end(sim.fabric, sim)
     block = sim.summary["fine_pruning"]
     assert block["pruned_channels"] == 2 and block["acc_before"] == block["acc_after"] == 1.0
-    assert calls["file"] == "fine_pruning_repaired.pt" and "fine_pruning/pruned_channels" in calls["metrics"]
+    assert calls["file"] == "fine_pruning_repaired.pt" and calls["metrics"][0] == "fine_pruning"
+    assert "pruned_channels" in calls["metrics"][1] and calls["global"][1] == "fine_pruning"
 
 
 # ---------------------------------------------------------------- validation

@@ -1,6 +1,7 @@
 """W&B logging works offline (no login, no network) and records what the README promises."""
 
 import os
+import time
 
 from fedsim.cli import main
 
@@ -14,9 +15,17 @@ def test_wandb_offline_run_records_metrics_flain_histograms_and_table(tmp_path, 
           "--logger.wandb", "true", "--logger.group", "group-7f3a"])
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    records = next(runs[0].glob("run-*.wandb")).read_bytes()
-    for key in (b"acc", b"asr", b"class_acc/3", b"flain/fc2/activation_clean", b"flain/fc2/activation_triggered",
-                b"flain/asr_after", b"group-7f3a"):
+    # A smoke test that the real offline writer works (what is logged is checked through a fake
+    # wandb below); wandb's service may still be flushing the file for a moment under load.
+    keys = (b"acc", b"asr", b"class_acc/3", b"flain/fc2/activation_clean", b"flain/fc2/activation_triggered",
+            b"flain/asr_after", b"group-7f3a")
+    deadline = time.time() + 60
+    while True:
+        records = b"".join(p.read_bytes() for p in runs[0].glob("run-*.wandb"))
+        if all(k in records for k in keys) or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    for key in keys:
         assert key in records, key
     assert list((runs[0] / "files" / "media" / "table").rglob("*.json"))  # FLAIN's threshold curve
     assert os.environ["WANDB_MODE"] == "offline"

@@ -77,6 +77,15 @@ class Schedule:
 
     def connect(self, ctx: AttackContext) -> None:
         self.seed, self.num_clients = ctx.seed, ctx.num_clients
+        if ctx.rounds > 0 and not any(self.active(r) for r in range(ctx.rounds)):
+            where = f"rounds={self.rounds}" if self.rounds is not None else \
+                f"start_round={self.start_round}, end_round={self.end_round}, every={self.every}"
+            raise ValueError(f"attack.schedule: no active round inside the run's rounds 0..{ctx.rounds - 1} "
+                             f"({where}); the attack would never run")
+        outside = [r for r in (self.rounds or []) if r >= ctx.rounds]
+        if outside:
+            print(f"warning: attack.schedule.rounds {outside} lie outside the run's rounds 0..{ctx.rounds - 1} "
+                  f"and never happen", flush=True)
 
     def active(self, round: int) -> bool:
         """Whether anybody may attack in ``round``."""
