@@ -75,6 +75,7 @@ def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: 
 
 
 def local_train(
+    *,
     model: nn.Module,
     layout: ParamLayout,
     global_params: Tensor,

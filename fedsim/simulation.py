@@ -248,8 +248,9 @@ class Simulation:
                     round=r, client_id=cid, global_weights=self.global_params[: self.layout.num_weights],
                     prev_global_update=prev_update, num_samples=len(split.y), cohort_size=len(cohort),
                     attacker_rank=int(attacker_rank[pos]), num_attackers=int(malicious.sum()))
-            res = local_train(self.model, self.layout, self.global_params, split.x, split.y, self.client_config,
-                              self.config.seed, r, cid, self.normalize, attack, ctx)
+            res = local_train(model=self.model, layout=self.layout, global_params=self.global_params, x=split.x,
+                              y=split.y, config=self.client_config, seed=self.config.seed, round=r, client_id=cid,
+                              normalize=self.normalize, attack=attack, attack_ctx=ctx)
             rows[i, 0], rows[i, 1], rows[i, 2] = cid, res.num_samples, res.loss
             rows[i, META:] = res.update
         return rows
@@ -320,8 +321,9 @@ class Simulation:
         if per_class is not None:
             keep = self._root_mask(per_class)
             x, y = x[keep], y[keep]
-        res = local_train(copy.deepcopy(self.model), self.layout, self.global_params, x, y,
-                          self.client_config, self.config.seed, r, -1, self.normalize)
+        res = local_train(model=copy.deepcopy(self.model), layout=self.layout, global_params=self.global_params,
+                          x=x, y=y, config=self.client_config, seed=self.config.seed, round=r, client_id=-1,
+                          normalize=self.normalize)
         return res.update[: self.layout.num_weights]
 
     def _root_mask(self, per_class: int) -> Tensor:

@@ -56,7 +56,8 @@ DEFAULT_WORKLOADS = ["W-overhead", "W-CNN", "W-CNN-small"]  # the CPU figures in
 
 def loop_round(model: nn.Module, layout: ParamLayout, theta: torch.Tensor, xs, ys, cfg: ClientConfig,
                normalize) -> torch.Tensor:
-    rows = [local_train(model, layout, theta, x, y, cfg, 0, 1, k, normalize).update for k, (x, y) in
+    rows = [local_train(model=model, layout=layout, global_params=theta, x=x, y=y, config=cfg, seed=0, round=1,
+                        client_id=k, normalize=normalize).update for k, (x, y) in
             enumerate(zip(xs, ys))]
     return torch.stack(rows)
 

@@ -76,7 +76,8 @@ def train(model, layout, x, y, attack=None, round=0, client_id=3, epochs=1, lr=0
     params = layout.flatten(model)
     ctx = cctx(layout, model, round, client_id) if attack is not None else None
     config = ClientConfig(optimizer="sgd", lr=lr, momentum=0.9, epochs=epochs, batch_size=32)
-    res = local_train(model, layout, params, x, y, config, 0, round, client_id, normalize, attack, ctx)
+    res = local_train(model=model, layout=layout, global_params=params, x=x, y=y, config=config, seed=0,
+                      round=round, client_id=client_id, normalize=normalize, attack=attack, attack_ctx=ctx)
     layout.load(model, params)  # leave the global model as it was
     return res.update
 

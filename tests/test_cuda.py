@@ -264,9 +264,9 @@ def test_local_train_on_the_gpu_is_a_pure_function_of_its_inputs():
     theta = layout.flatten(model).clone()
     x, y = torch.rand(96, 1, 28, 28, device="cuda"), torch.randint(0, 10, (96,), device="cuda")
     cfg = ClientConfig(optimizer="adam", lr=0.01, epochs=2, batch_size=32)
-    one = local_train(model, layout, theta, x, y, cfg, 0, 3, 7, lambda t: t)
-    two = local_train(model, layout, theta, x, y, cfg, 0, 3, 7, lambda t: t)
-    other = local_train(model, layout, theta, x, y, cfg, 0, 3, 8, lambda t: t)
+    kw = dict(model=model, layout=layout, global_params=theta, x=x, y=y, config=cfg, seed=0, round=3,
+              normalize=lambda t: t)
+    one, two, other = local_train(**kw, client_id=7), local_train(**kw, client_id=7), local_train(**kw, client_id=8)
     assert one.update.device.type == "cuda"
     assert torch.equal(one.update, two.update)
     assert not torch.equal(one.update, other.update)

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedsim.clients import OPTIMIZERS, make_optimizer
 from fedsim.posttrain import PostTrainingDefense
 from fedsim.runtime.seeding import derive_seed, generator, seeded_global_rng
-
-OPTIMIZERS = ("sgd", "adam")
 
 
 @contextmanager
@@ -49,8 +48,7 @@ def train_on_aux(model: nn.Module, simulation, *, name: str, epochs: int, lr: fl
     x, y, device = simulation.data.aux.x, simulation.data.aux.y, simulation.device
     gen = generator(simulation.config.seed, name)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = (torch.optim.SGD(params, lr=lr, momentum=momentum) if optimizer == "sgd"
-           else torch.optim.Adam(params, lr=lr))
+    opt = make_optimizer(params, optimizer, lr, momentum, 0.0)
     losses: list[float] = []
     model.train()
     with seeded_global_rng(derive_seed(simulation.config.seed, name, "dropout"), device):
