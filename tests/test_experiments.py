@@ -429,3 +429,11 @@ def test_readme_block_is_replaced_between_its_markers_and_missing_markers_fail(t
     with pytest.raises(SystemExit) as exit_info:
         report.write_readme_block(readme, "other", "x\n")
     assert exit_info.value.code == 2 and "report:other" in capsys.readouterr().err
+
+
+def test_accuracy_floor_lists_the_rows_below_it():
+    rows = [("iid",), ("dir",)]
+    groups = {(("iid",), "fedavg"): [{"acc": 0.986}, {"acc": 0.988}], (("dir",), "fedavg"): [{"acc": 0.984}],
+              (("iid",), "fedavg+flain"): [{"acc": 0.5}]}
+    (line,) = report.accuracy_floor(["distribution"], rows, ["fedavg", "fedavg+flain"], groups)
+    assert "mean 98.50%" in line and "lowest 98.40%" in line and "below 98.5%: dir (98.40%)." in line
