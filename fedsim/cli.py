@@ -329,6 +329,11 @@ def cli() -> None:
     except (ValueError, FileNotFoundError, ArgumentError, RunDirError) as err:
         print(f"error: {concise(str(err))}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        if err.errno not in (28, 122):  # ENOSPC, EDQUOT: said in one line; other faults keep the traceback
+            raise
+        print(f"error: {err.strerror}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -250,3 +250,20 @@ def test_an_attack_whose_rounds_lie_outside_the_run_is_refused(tiny_args):
               ' "init_args": {"mcr": 0.4, "start_round": 10}}}}')
     with pytest.raises(ValueError, match=r"attack.schedule: no active round inside the run's rounds 0..2"):
         main(tiny_args + ["--attack", attack])
+
+
+def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "last.ckpt"
+    save_atomic({"round": 1}, path)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="disk full while writing .*the previous last.ckpt is intact"):
+        save_atomic({"round": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"round": 1}
+    assert not list(tmp_path.glob(".last.ckpt.*.tmp"))
