@@ -156,7 +156,8 @@ class Simulation:
             raise ValueError(f"aggregator: {type(self.aggregator).__name__} with these settings needs >= {need} "
                              f"clients per round, fed.cohort_size is {fed.cohort_size}; lower aggregator.f / "
                              f"aggregator.threshold or raise fed.clients_per_round")
-        self.aggregator.connect(ServerContext(self.layout, self.device, fed.num_clients, self.config.seed))
+        self.aggregator.connect(ServerContext(self.layout, self.device, fed.num_clients, self.config.seed,
+                                              fed.aux_per_class))
         if self.attack is not None:
             self.attack.connect(AttackContext(
                 image_shape=tuple(self.data.image_shape), num_classes=self.data.num_classes,

@@ -28,6 +28,8 @@ def _fails(tiny_args, extra, error, match):
         (["--threads", "0"], ValueError, "threads"),
         (["--fed.num_clients", "5000"], ValueError, r"fed\.num_clients"),
         (["--fed.aux_per_class", "100000"], ValueError, "aux_per_class"),
+        (["--aggregator", "fedsim.aggregators.FLTrust", "--aggregator.init_args.root_per_class", "11"],
+         ValueError, r"aggregator.root_per_class=11 exceeds the auxiliary set's fed.aux_per_class=10"),
         (["--aggregator", "fedsim.aggregators.MultiKrum", "--aggregator.init_args.f", "0",
           "--aggregator.init_args.m", "9"], ValueError, r"MultiKrum.*needs >= 9 clients per round"),
     ],

@@ -31,6 +31,7 @@ class ServerContext:
     device: torch.device
     num_clients: int
     seed: int
+    aux_per_class: int = 0  # samples per class of the server's auxiliary set (FLTrust's root data)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,14 @@ class FLTrust(Aggregator):
             raise ValueError(f"aggregator.root_per_class must be >= 1 or null, got {root_per_class}")
         self.root_per_class = root_per_class
 
+    def connect(self, ctx) -> None:
+        """Fails before training when the root set asks for more than the auxiliary set holds."""
+        super().connect(ctx)
+        if self.root_per_class is not None and self.root_per_class > ctx.aux_per_class:
+            raise ValueError(f"aggregator.root_per_class={self.root_per_class} exceeds the auxiliary set's "
+                             f"fed.aux_per_class={ctx.aux_per_class} samples per class; lower it or raise "
+                             f"fed.aux_per_class")
+
     def aggregate(self, updates: Tensor, weights: Tensor, ctx: RoundContext) -> AggregationResult:
         if ctx.server_update is None:
             raise ValueError("FLTrust needs server root data: RoundContext.server_update is None")
