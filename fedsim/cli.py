@@ -144,7 +144,8 @@ def _execute(parser, cfg, init, fabric, callbacks, run_dir: Path, started: str) 
     for cb in callbacks:
         if hasattr(cb, "validate"):
             cb.validate(init.model)
-    logger = RunLogger(init.logger, run_dir, fabric.is_global_zero, run_config=cfg.as_dict())
+    prov = provenance(cfg, fabric, started)
+    logger = RunLogger(init.logger, run_dir, fabric.is_global_zero, run_config={**cfg.as_dict(), "provenance": prov})
     sim = Simulation(fabric, data, init.model,
                      SimulationConfig(init.fed, init.client, cfg.seed, run_dir, trajectory(cfg)),
                      init.aggregator, init.attack, callbacks, logger)
@@ -152,7 +153,7 @@ def _execute(parser, cfg, init, fabric, callbacks, run_dir: Path, started: str) 
     if fabric.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
-    sim.summary["provenance"] = provenance(cfg, fabric, started)
+    sim.summary["provenance"] = prov
     summary = sim.run(resume)
     if fabric.is_global_zero:
         from fedsim.terminal import summary_table

@@ -200,10 +200,12 @@ class RunLogger:
     def _log_models(self) -> None:
         import wandb
 
-        files = [p for p in [self.run_dir / "final_model.pt", *sorted(self.run_dir.glob("*_repaired.pt"))] if p.exists()]
+        files = [p for p in [self.run_dir / "final_model.pt", *sorted(self.run_dir.glob("*_repaired.pt")),
+                             self.run_dir / "checkpoints" / "last.ckpt"] if p.exists()]
         if files:
             art = wandb.Artifact(f"{self.wandb_run.id}-models", type="model",
-                                 description="final_model.pt (the final model) and each post-training defense's repair")
+                                 description="final_model.pt (the final model), each post-training defense's "
+                                             "repair, and checkpoints/last.ckpt (the trained model theta_T)")
             for p in files:
                 art.add_file(str(p))
             self.wandb_run.log_artifact(art)

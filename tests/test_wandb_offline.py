@@ -46,6 +46,9 @@ class FakeRun:
     def finish(self):
         pass
 
+    def log_artifact(self, artifact):
+        self.artifacts = getattr(self, "artifacts", []) + [artifact]
+
 
 class FakeWandb:
     def __init__(self):
@@ -64,6 +67,13 @@ class FakeWandb:
     @staticmethod
     def Table(columns, data):
         return {"columns": columns, "data": data}
+
+    class Artifact:
+        def __init__(self, name, type, description=""):
+            self.name, self.type, self.files = name, type, []
+
+        def add_file(self, path):
+            self.files.append(path)
 
     class plot:  # noqa: N801 - mirrors wandb.plot
         @staticmethod
@@ -114,8 +124,11 @@ def test_grid_cells_get_names_tags_and_axis_config_on_wandb(tmp_path, monkeypatc
     (cell,) = experiments.expand(grid)
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    main(cell.args + ["--logger.wandb", "true"])
+    main(cell.args + ["--logger.wandb", "true", "--logger.artifacts", "true"])
     (run,) = fake.runs
+    (art,) = run.artifacts  # opt-in: the final model and the trained one (theta_T in last.ckpt)
+    assert art.type == "model" and [p.rsplit("/", 1)[-1] for p in art.files] == ["final_model.pt", "last.ckpt"]
+    assert run.init["config"]["provenance"]["world_size"] == 1 and "config_sha256" in run.init["config"]["provenance"]
     assert run.init["name"] == "0.2-seed3" and run.init["group"] == "g7" and run.init["job_type"] == "grid-cell"
     assert run.init["tags"] == ["mcr=0.2"]
     assert run.init["config"]["mcr"] == 0.2 and run.init["config"]["seed"] == 3  # numbers stay numbers
