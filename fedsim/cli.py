@@ -25,9 +25,10 @@ from fedsim.attacks import Attack
 from fedsim.callbacks import Callback
 from fedsim.clients import ClientConfig
 from fedsim.data import Dataset, EmbeddedMNIST, IID, Partitioner, build_federated
-from fedsim.loggers import LoggerConfig, RunLogger
+from fedsim.loggers import LoggerConfig, RunLogger, utc_now
 from fedsim.models import MnistCNN, Model
 from fedsim.runtime import dist
+from fedsim.runtime.gitstate import git_state
 from fedsim.runtime.rundir import RunDirError, RunLock, check_run_dir, clear_results
 from fedsim.runtime.seeding import derive_seed
 from fedsim.simulation import FedConfig, Simulation, SimulationConfig
@@ -112,7 +113,7 @@ def prepare(args: Optional[list[str]] = None):
 def execute(parser: ArgumentParser, cfg, init) -> dict:
     """Builds the federation and the Fabric processes from a prepared config, then runs it."""
     callbacks = init.callbacks or []
-    started = _now()
+    started = utc_now()
     _set_threads(cfg.threads)
     _check_accelerator(cfg.accelerator)
     fabric = _make_fabric(cfg, callbacks, init.fed.cohort_size)
@@ -162,12 +163,6 @@ def _execute(parser, cfg, init, fabric, callbacks, run_dir: Path, started: str) 
     return summary
 
 
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def provenance(cfg, fabric, started: str) -> dict:
     """What produced a run: seed, a hash of the resolved config keys that determine its numbers
     (seed, data, partition, model, fed, client, aggregator, attack, callbacks: the same for any
@@ -188,24 +183,9 @@ def provenance(cfg, fabric, started: str) -> dict:
         except Exception:  # a package absent from this environment
             versions[name] = None
     return {"seed": cfg.seed, "config_sha256": hashlib.sha256(resolved.encode()).hexdigest(),
-            "git": _git_state(), "versions": {**versions, "python": platform.python_version()},
+            "git": git_state(), "versions": {**versions, "python": platform.python_version()},
             "world_size": fabric.world_size, "threads_per_process": torch.get_num_threads(),
             "accelerator": fabric.device.type, "start": started}
-
-
-def _git_state() -> dict:
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    if head.returncode != 0:
-        return {"commit": None, "dirty": None}
-    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
 # Keys that may change between a checkpoint and its resume: more rounds, other evaluation and

@@ -19,6 +19,13 @@ from typing import Any, Optional
 WANDB_MODES = ("offline", "online", "disabled")
 
 
+def utc_now() -> str:
+    """The current time, UTC, ISO 8601 to the second (provenance start/end)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 @dataclass
 class LoggerConfig:
     """Where metrics go (``metrics.csv`` in the run directory is always written).

@@ -33,7 +33,7 @@ from fedsim.aggregators.functional import drop_nonfinite, weighted_mean
 from fedsim.attacks.base import AttackContext, ClientContext
 from fedsim.callbacks import Callback
 from fedsim.clients import ClientConfig, local_train
-from fedsim.loggers import LoggerConfig, RunLogger
+from fedsim.loggers import LoggerConfig, RunLogger, utc_now
 from fedsim.metrics import (clean_counts, eval_batch_size, ordered_sum, rate, shard_batches,
                             summarize_clean, target_hits)
 from fedsim.params import ParamLayout
@@ -394,7 +394,7 @@ class Simulation:
         self.summary["final"] = {**self.final_eval, "model": self.final_from}
         if self.fabric.is_global_zero:
             self.save_params(self.global_params, "final_model.pt")
-            self.summary.setdefault("provenance", {})["end"] = _now()
+            self.summary.setdefault("provenance", {})["end"] = utc_now()
             _write_json(self.run_dir / "summary.json", self.summary)
             try:  # a figure must never fail a finished run
                 from fedsim.curves import plot_run_curves
@@ -484,12 +484,6 @@ def _detection(accepted: Tensor, malicious: Tensor) -> dict[str, float]:
     if malicious.any():
         out["detect/tpr"] = tp / int(malicious.sum())
     return out
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _run_summary(summary: dict[str, Any]) -> dict[str, Any]:

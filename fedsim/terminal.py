@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedsim.curves import post_blocks
+
 
 def _pct(block: dict[str, Any], key: str) -> str:
     value = block.get(key)
@@ -29,11 +31,6 @@ def _notes(block: dict[str, Any]) -> str:
     if isinstance(block.get("seconds"), (int, float)):
         parts.append(f"{block['seconds']:.1f} s")
     return ", ".join(parts)
-
-
-def post_blocks(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The post-training defense blocks of a summary (dicts with ``acc_before`` and ``acc_after``)."""
-    return {k: v for k, v in summary.items() if isinstance(v, dict) and "acc_before" in v and "acc_after" in v}
 
 
 def summary_table(summary: dict[str, Any], run_dir: Path) -> str:

@@ -52,13 +52,20 @@ CONFIG = ROOT / "configs" / "bench" / "w_cnn.yaml"
 SAMPLES_PER_ROUND = 10 * 600
 
 
-def fused(data_dir: str, rounds: int, threads: int) -> float:
-    """Samples/s of one MnistCNN trained on rounds x 6,000 samples, batch 64, plain loop."""
-    torch.set_num_threads(threads)
-    train = MNIST(data_dir=data_dir, limit_train=SAMPLES_PER_ROUND).load().train
-    x, y = (train.x - 0.1307) / 0.3081, train.y
-    model = MnistCNN()
+def fused(data_dir: str, rounds: int, threads: int | None, device: str = "cpu",
+          samples: int = SAMPLES_PER_ROUND) -> float:
+    """Samples/s of one MnistCNN trained on rounds x ``samples`` digits, batch 64, plain loop on
+    ``device`` (``threads``: torch threads, None = leave as set), timed after a warm-up epoch."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    train = MNIST(data_dir=data_dir, limit_train=samples).load().train
+    x, y = ((train.x - 0.1307) / 0.3081).to(device), train.y.to(device)
+    model = MnistCNN().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def sync() -> None:  # CUDA kernels run asynchronously: wait before reading the clock
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
 
     def epoch() -> None:
         for s in range(0, len(y), 64):
@@ -68,9 +75,11 @@ def fused(data_dir: str, rounds: int, threads: int) -> float:
             opt.step()
 
     epoch()  # warm-up: first-call allocations and kernel selection are not throughput
+    sync()
     start = time.perf_counter()
     for _ in range(rounds):
         epoch()
+    sync()
     return rounds * len(y) / (time.perf_counter() - start)
 
 

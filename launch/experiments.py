@@ -60,6 +60,9 @@ from typing import Any, Optional
 import yaml
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
+sys.path.insert(0, str(TRAIN.parent.parent))
+
+from fedsim.runtime.gitstate import git_state  # noqa: E402  (light: no torch)
 GRID_KEYS = {"name", "base", "out_dir", "seeds", "axes", "overrides", "order"}
 RESERVED = ("only", "seeds")  # keys of an axis value that restrict it instead of overriding
 ORDERS = ("seeds_last", "seeds_first")
@@ -247,16 +250,10 @@ def run_cell(cell: Cell, devices: int, python: str = sys.executable) -> tuple[st
     return f"failed (exit {rc}): {lines[-1] if lines else 'no output'}", seconds
 
 
-def git_commit(repo: Path = TRAIN.parent.parent) -> str:
+def git_commit() -> str:
     """``<commit>`` of the code that runs, ``+dirty`` if the tracked files differ from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + ("+dirty" if dirty else "")
+    state = git_state(TRAIN.parent.parent)
+    return (state["commit"] or "unknown") + ("+dirty" if state["dirty"] else "")
 
 
 def write_cells(grid: Grid, cells: list[Cell], status: dict[str, str], path: Path) -> None:

@@ -572,41 +572,14 @@ class Check:
 
 # ----------------------------------------------------------------------------- helpers
 def fused_loop(device: str, rounds: int, data_dir: str, samples: int) -> dict:
-    """launch/benchmark.py's fused limit on ``device``: one MnistCNN trained on rounds x samples
-    full-MNIST digits, SGD lr 0.01, batch 64, timed after one warm-up epoch."""
-    import torch
-    import torch.nn.functional as F
+    """launch/benchmark.py's fused limit (``benchmark.fused``) on ``device``: one MnistCNN trained
+    on rounds x samples full-MNIST digits, SGD lr 0.01, batch 64, timed after one warm-up epoch."""
+    sys.path.insert(0, str(ROOT / "launch"))
+    import benchmark
 
-    sys.path.insert(0, str(ROOT))
-    from fedsim.data import MNIST
-    from fedsim.models import MnistCNN
-
-    torch.manual_seed(0)
-    train = MNIST(data_dir=data_dir, limit_train=samples).load().train
-    x, y = ((train.x - 0.1307) / 0.3081).to(device), train.y.to(device)
-    model = MnistCNN().to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def epoch() -> None:
-        for s in range(0, len(y), 64):
-            loss = F.cross_entropy(model(x[s : s + 64]), y[s : s + 64])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    def sync() -> None:
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-
-    epoch()
-    sync()
-    start = time.perf_counter()
-    for _ in range(rounds):
-        epoch()
-    sync()
-    seconds = time.perf_counter() - start
-    return {"device": device, "rounds": rounds, "samples": samples, "seconds": seconds,
-            "samples_per_s": rounds * len(y) / seconds}
+    rate = benchmark.fused(data_dir, rounds, None, device=device, samples=samples)
+    return {"device": device, "rounds": rounds, "samples": samples, "seconds": rounds * samples / rate,
+            "samples_per_s": rate}
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
