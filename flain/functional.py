@@ -52,6 +52,42 @@ from flain.activations import FlipEvaluator, LayerSpec, NetworkSplit, resolve_la
 
 MODES = ("exact", "reference")
 STOPS = ("drop", "confident")
+RANKS = ("activation", "update_ratio")
+
+
+def column_norms(delta: Tensor) -> Tensor:
+    """``[in]`` L2 norm of each input neuron's slice ``delta[:, j]`` (Linear ``[out, in]``,
+    Conv2d ``[out, in, kh, kw]``), in float64."""
+    dims = [d for d in range(delta.dim()) if d != 1]
+    return delta.double().pow(2).sum(dims).sqrt()
+
+
+def update_ratio_order(act: Tensor, delta: Tensor, eps: float = 0.01) -> Tensor:
+    """Pseudo-activations that make the search flip neurons by *update ratio* instead of activation.
+
+    The gradient of a Linear layer's column j is ``sum_i delta_i * x_ij``: benign training moves
+    column j in proportion to how active input neuron j is on the training data. A column whose
+    accumulated update ``||D[:, j]||`` is large for its mean clean activation ``a_j`` was trained on
+    inputs where j is much more active than on clean data (triggered inputs), so the score
+    ``s_j = ||D[:, j]|| / (a_j + eps * mean_{a > 0} a)`` ranks the dormant-but-updated neurons
+    FLAIN flips first (``a_j = 0``) and, after them, clean-active neurons with disproportionate
+    updates, which an attacker who avoids dormant neurons (``fedsim.attacks.DormancyAware``) must
+    use. Returns ``[in]`` values in ``(0, 1]``: the neuron with the i-th largest score gets
+    ``i / m`` (m eligible neurons), so threshold k flips the top ``k * m`` neurons by score and
+    the ordinary searches apply unchanged; neurons with ``a_j < 0`` get -1 (never flipped, as in
+    FLAIN)."""
+    act64 = act.double()
+    eligible = act64 >= 0
+    positive = act64[act64 > 0]
+    floor = eps * (float(positive.mean()) if positive.numel() else 1.0) + 1e-12
+    score = column_norms(delta).to(act64.device) / (act64.clamp_min(0) + floor)
+    pseudo = torch.full_like(act64, -1.0)
+    idx = eligible.nonzero().squeeze(1)
+    m = idx.numel()
+    if m:
+        order = idx[torch.argsort(-score[idx], stable=True)]
+        pseudo[order] = torch.arange(1, m + 1, dtype=torch.float64, device=act64.device) / m
+    return pseudo.to(act.dtype)
 
 
 def flip_mask(act: Tensor, k: Optional[float]) -> Tensor:
@@ -94,6 +130,7 @@ class ThresholdResult:
     activations: Optional[Tensor] = None  # [in] on clean aux data (the search's ranking)
     activations_triggered: Optional[Tensor] = None  # [in] on triggered aux data, if given
     stop: str = "drop"  # exact mode's stopping rule ("drop" / "confident"); "first" in reference
+    rank: str = "activation"  # the neurons' order: by activation (FLAIN) or "update_ratio"
 
 
 def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: str = "exact",
@@ -206,7 +243,7 @@ def _reference(act, acc_of, acc0, k_init, k_step, k_cap, tolerance):
 
 def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float, k_cap: float,
                  tolerance: float, batch_size: int, stop: str = "drop",
-                 confidence: float = 0.95) -> None:
+                 confidence: float = 0.95, rank: str = "activation", rank_eps: float = 0.01) -> None:
     """Raises ValueError naming the first invalid FLAIN setting."""
     if isinstance(layers, str) or len(layers) == 0 or len(set(layers)) != len(layers):
         raise ValueError(f"flain.layers must be a non-empty list of distinct module names, "
@@ -224,6 +261,13 @@ def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float,
         raise ValueError(f"flain.stop must be one of {list(STOPS)}, got {stop!r}")
     if not 0.5 <= confidence < 1:
         raise ValueError(f"flain.confidence must be in [0.5, 1), got {confidence}")
+    if rank not in RANKS:
+        raise ValueError(f"flain.rank must be one of {list(RANKS)}, got {rank!r}")
+    if rank != "activation" and mode != "exact":
+        raise ValueError(f"flain.rank={rank!r} needs mode='exact' (the reference grid of k is "
+                         f"an activation threshold), got mode={mode!r}")
+    if not rank_eps > 0:
+        raise ValueError(f"flain.rank_eps must be > 0, got {rank_eps}")
 
 
 def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t: Tensor,
@@ -231,12 +275,15 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
                  mode: str = "exact", k_init: float = 0.001, k_step: float = 0.0001,
                  k_cap: float = 1.0, tolerance: float = 0.001, rescale: bool = True,
                  batch_size: int = 512, triggered_x: Optional[Tensor] = None,
-                 stop: str = "drop", confidence: float = 0.95
-                 ) -> tuple[Tensor, list[ThresholdResult]]:
+                 stop: str = "drop", confidence: float = 0.95, rank: str = "activation",
+                 rank_eps: float = 0.01) -> tuple[Tensor, list[ThresholdResult]]:
     """Repairs ``theta_t`` with FLAIN; returns (repaired vector ``[numel]``, one result per
     layer). ``aux_x`` (and ``triggered_x``, only used to report activations on triggered inputs)
-    must already be normalised; ``model`` is a scratch model (its parameters are overwritten)."""
-    check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence)
+    must already be normalised; ``model`` is a scratch model (its parameters are overwritten).
+    ``rank="update_ratio"`` (exact mode only) orders the neurons by ``update_ratio_order``
+    instead of by activation; ``k`` is then the fraction of eligible neurons flipped."""
+    check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence,
+                 rank, rank_eps)
     if aux_x.shape[0] == 0:
         raise ValueError("flain: aux_x (simulation.data.aux) is empty; FLAIN needs clean "
                          "auxiliary samples")
@@ -245,14 +292,14 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
     for spec in specs:
         res, before = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
                                     k_step, k_cap, tolerance, rescale, batch_size, before,
-                                    triggered_x, stop, confidence)
+                                    triggered_x, stop, confidence, rank, rank_eps)
         results.append(res)
     return vec, results
 
 
 def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mode, k_init,
                   k_step, k_cap, tolerance, rescale, batch_size, before, triggered_x, stop,
-                  confidence) -> tuple[ThresholdResult, Tensor]:
+                  confidence, rank="activation", rank_eps=0.01) -> tuple[ThresholdResult, Tensor]:
     """Searches and writes one layer's repaired weights into ``vec`` (in place). ``before`` is
     theta_T's per-input aux correctness (None for the first layer: measured here); returned."""
     layout.load(model, vec)
@@ -261,6 +308,9 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
     delta = layout.view(vec, w_name) - w0
     bias = layout.view(vec, b_name) if b_name in layout else None
     ev = FlipEvaluator(NetworkSplit(model, spec), aux_x, aux_y, w0, delta, bias, batch_size)
+    activations = ev.act
+    if rank == "update_ratio":  # the search and the flips follow the score's order
+        ev.act = update_ratio_order(activations, delta, rank_eps)
     search_rescale = rescale and mode == "exact"
     if before is None:
         before = ev.correct(flip_mask(ev.act, None), False)
@@ -275,7 +325,8 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
     res.aux_acc_after = ev.accuracy(mask, res.rescaled)  # also moves ev to this mask
     w = flip_columns(w0, delta, ev.act, res.k)
     layout.view(vec, w_name).copy_(w * ev.scale() if res.rescaled else w)
-    res.layer, res.fast_path, res.activations = spec.name, ev.split.fast, ev.act
+    res.layer, res.fast_path, res.activations = spec.name, ev.split.fast, activations
+    res.rank = rank
     if triggered_x is not None and triggered_x.shape[0] > 0:  # model still holds the input vec
         res.activations_triggered = spec.mean_activation(
             ev.split.capture(triggered_x, batch_size).x)

@@ -1,0 +1,82 @@
+"""FLAIN's update-ratio ranking (``rank="update_ratio"``): the order, the flips, the checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fedsim.params import ParamLayout
+from flain import flain_repair
+from flain.functional import column_norms, flip_columns, update_ratio_order
+
+
+def test_column_norms_of_linear_and_conv_weights():
+    d = torch.tensor([[3.0, 0.0, 1.0], [4.0, 0.0, 1.0]])
+    assert torch.equal(column_norms(d), torch.tensor([5.0, 0.0, 2 ** 0.5], dtype=torch.float64))
+    conv = torch.zeros(2, 3, 2, 2)
+    conv[:, 1] = 1.0  # input channel 1: 8 ones
+    assert torch.allclose(column_norms(conv), torch.tensor([0.0, 8 ** 0.5, 0.0], dtype=torch.float64))
+
+
+def test_update_ratio_order_by_hand():
+    act = torch.tensor([0.0, 0.5, 1.0, -0.2, 0.25])
+    # column norms 1, 2, 0.1, 5, 0.5  ->  scores 1/floor (dormant), 4, 0.1, (negative: excluded), 2
+    delta = torch.zeros(1, 5)
+    delta[0] = torch.tensor([1.0, 2.0, 0.1, 5.0, 0.5])
+    pseudo = update_ratio_order(act, delta, eps=0.01)
+    # floor = 0.01 * mean(0.5, 1, 0.25); order by score: j0, j1, j4, j2; j3 never flipped
+    assert torch.allclose(pseudo, torch.tensor([0.25, 0.5, 1.0, -1.0, 0.75]))
+    flipped = flip_columns(torch.zeros(1, 5), delta, pseudo, 0.5)  # top half by score
+    assert torch.equal(flipped[0], torch.tensor([-1.0, -2.0, 0.1, 5.0, 0.5]))
+
+
+def test_activation_ranking_skips_an_active_neuron_with_a_disproportionate_update():
+    """The dormancy-aware attacker's case: the backdoor column belongs to an active neuron.
+
+    fc1 has 4 inputs with clean activations 1, 1, 1, 0 (neuron 3 dormant). Column 0 got an
+    update 50 times larger than columns 1-2 although all three are equally active. FLAIN (by
+    activation, k_cap 0.5) can only flip neuron 3; the update ratio ranks neuron 3 first and
+    neuron 0 second, so with k_cap 0.5 (half the neurons) it flips exactly those two."""
+    model = nn.Sequential(nn.Linear(4, 2))
+    layout = ParamLayout(model)
+    theta0 = torch.zeros(layout.numel)
+    w = torch.zeros(2, 4)
+    w[:, 0], w[:, 1], w[:, 2], w[:, 3] = 5.0, 0.1, -0.1, 0.2
+    theta_t = theta0.clone()
+    layout.view(theta_t, "0.weight").copy_(w)
+    x = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).repeat(8, 1)
+    y = torch.zeros(8, dtype=torch.long)
+    _, (by_act,) = flain_repair(model, layout, theta0, theta_t, x, y, ["0"], "exact",
+                                tolerance=1.0, rescale=False, k_cap=0.5)
+    assert by_act.flipped == 1  # below k_cap = 0.5 only the dormant neuron is eligible
+    vec, (by_ratio,) = flain_repair(model, layout, theta0, theta_t, x, y, ["0"], "exact",
+                                  tolerance=1.0, rescale=False, k_cap=0.5, rank="update_ratio")
+    assert by_ratio.rank == "update_ratio" and by_ratio.flipped == 2
+    assert [c[2] for c in by_ratio.curve] == [1, 2]
+    repaired = layout.view(vec, "0.weight")
+    assert torch.equal(repaired[:, 0], -w[:, 0]) and torch.equal(repaired[:, 3], -w[:, 3])
+    assert torch.equal(repaired[:, 1:3], w[:, 1:3])  # the benign active columns are kept
+    assert torch.equal(by_ratio.activations, torch.tensor([1.0, 1.0, 1.0, 0.0]))  # real ones reported
+
+
+def test_update_ratio_stays_within_tolerance_on_a_cnn():
+    from tests.test_flain import full_accuracy, small_setup
+
+    model, layout, theta0, theta_t, x, y = small_setup(seed=6)
+    acc0 = full_accuracy(model, layout, theta_t, x, y)
+    vec, (res,) = flain_repair(model, layout, theta0, theta_t, x, y, ["fc1"], "exact",
+                               tolerance=0.05, rank="update_ratio")
+    assert res.flipped > 0 and acc0 - full_accuracy(model, layout, vec, x, y) <= 0.05 + 1e-9
+
+
+def test_update_ratio_settings_are_checked():
+    from tests.test_flain import small_setup
+
+    model, layout, theta0, theta_t, x, y = small_setup(seed=1)
+    with pytest.raises(ValueError, match=r"flain.rank must be one of \['activation', 'update_ratio'\], got 'norm'"):
+        flain_repair(model, layout, theta0, theta_t, x, y, rank="norm")
+    with pytest.raises(ValueError, match="needs mode='exact'"):
+        flain_repair(model, layout, theta0, theta_t, x, y, mode="reference", rank="update_ratio")
+    with pytest.raises(ValueError, match="flain.rank_eps must be > 0, got 0"):
+        flain_repair(model, layout, theta0, theta_t, x, y, rank="update_ratio", rank_eps=0)
