@@ -22,11 +22,15 @@ def _pct(block: dict[str, Any], key: str) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "–"
 
 
+def _k(value: Any) -> str:
+    return "none" if value is None else f"{value:.4g}"  # None: that layer flipped nothing
+
+
 def _notes(block: dict[str, Any]) -> str:
     parts = []
     if "k" in block and block.get("flipped_neurons") is not None:
         k = block["k"]
-        ks = ", ".join(f"{v:.4g}" for v in k) if isinstance(k, list) else ("none" if k is None else f"{k:.4g}")
+        ks = ", ".join(_k(v) for v in k) if isinstance(k, list) else _k(k)
         parts.append(f"k={ks}, {block['flipped_neurons']} of {block.get('total_neurons', '?')} input neurons flipped")
     if isinstance(block.get("seconds"), (int, float)):
         parts.append(f"{block['seconds']:.1f} s")

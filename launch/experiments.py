@@ -40,6 +40,14 @@ A cell's run directory is ``out_dir/<value names joined by "_">/seed<k>``. Cells
 ``summary.json`` exists are skipped; the others run with ``--resume auto`` (an interrupted cell
 continues from its checkpoint). ``cells.json`` in ``out_dir`` lists every cell's axis values,
 seed, run directory and status, for ``launch/report.py``.
+
+``resume_from: <out_dir of another grid>`` evaluates new post-training defenses on runs that are
+already trained: each cell starts from the same-named cell's ``checkpoints/last.ckpt`` of that
+grid (``--resume <path>`` instead of ``auto``) and, the run being finished, trains no round and
+runs only its callbacks into its own run directory. The axes and training overrides must be the
+source grid's (a different trajectory is refused by the resume check, naming the field); add the
+callbacks with an overlay. A cell whose source has not finished waits (status ``waiting``), so
+the grid can be rerun while the source grid is still training.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ TRAIN = Path(__file__).resolve().parent / "train.py"
 sys.path.insert(0, str(TRAIN.parent.parent))
 
 from fedsim.runtime.gitstate import git_state  # noqa: E402  (light: no torch)
-GRID_KEYS = {"name", "base", "out_dir", "seeds", "axes", "overrides", "order"}
+GRID_KEYS = {"name", "base", "out_dir", "seeds", "axes", "overrides", "order", "resume_from"}
 RESERVED = ("only", "seeds")  # keys of an axis value that restrict it instead of overriding
 ORDERS = ("seeds_last", "seeds_first")
 
@@ -79,6 +87,7 @@ class Grid:
     axes: dict[str, dict[str, dict[str, Any]]]
     overrides: dict[str, Any]
     order: str = "seeds_last"
+    resume_from: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ class Cell:
     seed: int
     run_dir: str
     args: list[str]
+    source: Optional[str] = None  # with resume_from: the trained run it starts from
 
 
 def load_grid(path: str) -> Grid:
@@ -111,10 +121,15 @@ def load_grid(path: str) -> Grid:
     order = raw.get("order", "seeds_last")
     if order not in ORDERS:
         raise ValueError(f"grid.order must be one of {list(ORDERS)}, got {order!r}")
+    resume_from = raw.get("resume_from")
+    if resume_from is not None and (not isinstance(resume_from, str) or not resume_from):
+        raise ValueError(f"grid.resume_from must be the out_dir of a trained grid, got {resume_from!r}")
     axes = _check_axes(raw.get("axes") or {})
     _check_restrictions(axes, seeds)
-    return Grid(raw["name"], raw["base"], raw.get("out_dir") or f"runs/grids/{raw['name']}", seeds,
-                axes, overrides, order)
+    out_dir = raw.get("out_dir") or f"runs/grids/{raw['name']}"
+    if resume_from is not None and Path(resume_from).resolve() == Path(out_dir).resolve():
+        raise ValueError(f"grid.resume_from must differ from grid.out_dir, got {resume_from!r} for both")
+    return Grid(raw["name"], raw["base"], out_dir, seeds, axes, overrides, order, resume_from)
 
 
 def _check_restrictions(axes: dict[str, dict[str, dict[str, Any]]], seeds: list[int]) -> None:
@@ -194,8 +209,18 @@ def cell_args(grid: Grid, values: dict[str, str], seed: int, run_dir: str) -> li
     wandb = ["--logger.name", f"{cell_name(values)}-seed{seed}", "--logger.job_type", "grid-cell",
              "--logger.tags", json.dumps([f"{a}={v}" for a, v in values.items()]),
              "--logger.config", json.dumps({**values, "seed": seed, "grid": grid.name})]
+    resume = "auto" if grid.resume_from is None else str(source_checkpoint(grid, values, seed))
     return args + dotted + ["--seed", str(seed), "--run_dir", run_dir,
-                            "--logger.group", grid.name, *wandb, "--resume", "auto"]
+                            "--logger.group", grid.name, *wandb, "--resume", resume]
+
+
+def source_dir(grid: Grid, values: dict[str, str], seed: int) -> Path:
+    """With ``resume_from``: the trained cell of the same name and seed in that grid."""
+    return Path(grid.resume_from) / cell_name(values) / f"seed{seed}"
+
+
+def source_checkpoint(grid: Grid, values: dict[str, str], seed: int) -> Path:
+    return source_dir(grid, values, seed) / "checkpoints" / "last.ckpt"
 
 
 def _allowed(grid: Grid, values: dict[str, str], seed: int) -> bool:
@@ -221,7 +246,8 @@ def expand(grid: Grid) -> list[Cell]:
         if not _allowed(grid, values, seed):
             continue
         run_dir = str(Path(grid.out_dir) / cell_name(values) / f"seed{seed}")
-        cells.append(Cell(values, seed, run_dir, cell_args(grid, values, seed, run_dir)))
+        source = str(source_dir(grid, values, seed)) if grid.resume_from is not None else None
+        cells.append(Cell(values, seed, run_dir, cell_args(grid, values, seed, run_dir), source))
     dirs = [c.run_dir for c in cells]
     if len(set(dirs)) != len(dirs):
         raise ValueError("grid.axes: two cells map to the same run directory; make value names unique")
@@ -230,6 +256,11 @@ def expand(grid: Grid) -> list[Cell]:
 
 def is_done(cell: Cell) -> bool:
     return (Path(cell.run_dir) / "summary.json").is_file()
+
+
+def is_ready(cell: Cell) -> bool:
+    """A cell of a ``resume_from`` grid waits until its source run has finished."""
+    return cell.source is None or (Path(cell.source) / "summary.json").is_file()
 
 
 def run_cell(cell: Cell, devices: int, python: str = sys.executable) -> tuple[str, float]:
@@ -277,20 +308,25 @@ def run_grid(grid: Grid, processes: int = 1, dry_run: bool = False, python: str 
     if processes < 1:
         raise ValueError(f"--processes must be >= 1, got {processes}")
     cells = expand(grid)
-    todo = [c for c in cells if not is_done(c)]
     status = {c.run_dir: "skipped (summary.json exists)" for c in cells if is_done(c)}
+    status.update({c.run_dir: f"waiting (its source {c.source} has not finished)"
+                   for c in cells if not is_done(c) and not is_ready(c)})
+    todo = [c for c in cells if c.run_dir not in status]
+    waiting = sum(1 for c in cells if not is_done(c) and not is_ready(c))
     if dry_run:
         for c in cells:
-            state = "skip" if c.run_dir in status else "run "
+            state = "run " if c.run_dir not in status else ("skip" if is_done(c) else "wait")
             print(state, " ".join(["python", "launch/train.py", *c.args]))
-        return {"ran": 0, "skipped": len(cells) - len(todo), "failed": 0, "pending": len(todo)}
+        return {"ran": 0, "skipped": len(cells) - len(todo) - waiting, "failed": 0, "pending": len(todo),
+                "waiting": waiting}
     cells_json = Path(grid.out_dir) / "cells.json"
     write_cells(grid, cells, status, cells_json)
     cores = int(os.environ.get("FEDSIM_CPU_PROCESSES") or os.cpu_count() or 1)  # as train.py's devices: auto
     devices = max(1, cores // processes)
     failed = _run_all(todo, processes, devices, python, status)
     write_cells(grid, cells, status, cells_json)
-    return {"ran": len(todo) - failed, "skipped": len(cells) - len(todo), "failed": failed}
+    counts = {"ran": len(todo) - failed, "skipped": len(cells) - len(todo) - waiting, "failed": failed}
+    return {**counts, "waiting": waiting} if waiting else counts
 
 
 def _run_all(todo: list[Cell], processes: int, devices: int, python: str, status: dict[str, str]) -> int:

@@ -1,0 +1,63 @@
+"""Grids with ``resume_from``: new post-training defenses on runs another grid already trained."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "launch"))
+
+import experiments  # noqa: E402
+
+CONFIGS = ROOT / "configs"
+
+
+def _spec(name: str, out: Path, defense: str, seeds=(3, 4), **kw) -> dict:
+    return {"name": name, "base": str(ROOT / "tests/configs/tiny.yaml"), "out_dir": str(out), "seeds": list(seeds),
+            "overrides": {"config": str(ROOT / "tests/configs/badnets.yaml"), "fed.rounds": 1, "threads": 1},
+            "axes": {"defense": {"fedavg": {"config": defense}}}, **kw}
+
+
+def _load(tmp_path: Path, spec: dict) -> experiments.Grid:
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return experiments.load_grid(str(path))
+
+
+def test_a_resume_from_grid_runs_only_the_callbacks_on_the_trained_models(tmp_path):
+    trained = _load(tmp_path, _spec("trained", tmp_path / "trained", str(CONFIGS / "paper/defenses/fedavg.yaml"),
+                                    seeds=[3]))
+    assert experiments.run_grid(trained) == {"ran": 1, "skipped": 0, "failed": 0}
+    # seed 4 has no trained run yet: it waits instead of failing or training
+    post = _load(tmp_path, _spec("post", tmp_path / "post", str(CONFIGS / "paper/defenses/flain_rules.yaml"),
+                                 resume_from=str(tmp_path / "trained")))
+    assert experiments.run_grid(post, dry_run=True)["waiting"] == 1
+    assert experiments.run_grid(post) == {"ran": 1, "skipped": 0, "failed": 0, "waiting": 1}
+    src, dst = tmp_path / "trained/fedavg/seed3", tmp_path / "post/fedavg/seed3"
+    before, after = (json.loads((d / "summary.json").read_text()) for d in (src, dst))
+    assert "flain" not in before and after["flain_reference"]["acc_before"] == before["trained"]["acc"]
+    assert after["trained"] == before["trained"]  # the same model, not retrained
+    src_model, dst_model = (torch.load(d / "final_model.pt", weights_only=True) for d in (src, dst))
+    src_model, dst_model = (m["params"] if isinstance(m, dict) else m for m in (src_model, dst_model))
+    assert torch.equal(src_model, dst_model)  # the FLAIN rules run with apply: false
+    doc = json.loads((tmp_path / "post/cells.json").read_text())
+    status = {c["seed"]: c["status"] for c in doc["cells"]}
+    assert status[3].startswith("ok") and status[4].startswith("waiting")
+    assert doc["cells"][0]["source"] == str(src)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "grid.resume_from must be the out_dir of a trained grid"),
+    ("SAME", "grid.resume_from must differ from grid.out_dir"),
+])
+def test_bad_resume_from_names_the_field(tmp_path, value, message):
+    out = tmp_path / "g"
+    spec = _spec("g", out, "x.yaml", resume_from=str(out) if value == "SAME" else value)
+    with pytest.raises(ValueError, match=message):
+        _load(tmp_path, spec)
