@@ -87,9 +87,10 @@ def output_layer(layout: ParamLayout, num_classes: int, name: Optional[str] = No
         if b in layout and layout[w].shape[:1] == (num_classes,) and len(layout[w].shape) == 2 \
                 and layout[b].shape == (num_classes,):
             return layout[w], layout[b]
-    where = f"module {name!r}" if name is not None else "no module"
+    where = f"aggregator.output_layer={name!r} does not name one" if name is not None else \
+        "no module has them (set aggregator.output_layer to its name)"
     raise ValueError(f"aggregator: DeepSight needs an output layer with weight [{num_classes}, q] and bias "
-                     f"[{num_classes}]; {where} has them (set aggregator.output_layer to its name)")
+                     f"[{num_classes}]; {where}")
 
 
 def neups(weight_updates: Tensor, bias_updates: Tensor) -> Tensor:
