@@ -282,3 +282,15 @@ def test_deepsight_trains_through_the_cli_and_reports_what_it_accepted(tmp_path)
     records = [r for r in records if "accepted" in r]
     assert len(records) == 3
     assert all(len(r["accepted"]) == int(row["detect/accepted"]) for r, row in zip(records, rows))
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_identical_updates_come_back_unchanged_and_a_huge_one_stays_bounded(n):
+    agg, layout, g = _tiny_setup()
+    same = (0.01 * torch.randn(1, layout.num_weights, generator=torch.Generator().manual_seed(2))).repeat(n, 1)
+    res = _round(agg, same, g)
+    assert res.accepted.all() and torch.allclose(res.update, same[0])
+    updates = 0.01 * torch.randn(n, layout.num_weights, generator=torch.Generator().manual_seed(3))
+    updates[0] *= 1e6
+    bound = torch.linalg.vector_norm(updates, dim=1).double().quantile(0.5)
+    assert float(torch.linalg.vector_norm(_round(agg, updates, g).update)) <= float(bound) * (1 + 1e-6)
