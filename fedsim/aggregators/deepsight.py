@@ -34,11 +34,13 @@ differ:
   log-space ratio needs no epsilon.
 - Noise: both draw ``torch.rand`` from the fixed seeds ``0..num_seeds-1`` (the same inputs every
   round) and feed it unnormalised; we draw fresh inputs per round from
-  ``(seed, round, "deepsight", s)`` and normalise them like the training data.
+  ``(seed, round, "deepsight", s)`` (drawn on the CPU: the same inputs on any device and
+  process count; the rule runs on rank 0) and normalise them like the training data.
 - HDBSCAN outliers: BackFed gives an outlier distance 1 to every other model and, in the final
   step, accepts an outlier iff it is not suspicious; FLPoison puts all outliers in one cluster
   (distance 0 to each other) and rejects final outliers. We treat each outlier as its own
-  cluster (as BackFed does; the paper's rule then accepts it iff it is not suspicious).
+  cluster (as BackFed does; the paper's rule then accepts it iff it is not suspicious), at
+  distance 0 from itself (BackFed leaves an outlier's diagonal entry at 1).
 - Cluster acceptance: current BackFed accepts a cluster when its share of *benign* members is
   >= tau (an older revision had it inverted); FLPoison and we follow the paper (suspicious share
   < tau). BackFed's final HDBSCAN also treats the merged distance matrix as feature vectors; we
