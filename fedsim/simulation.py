@@ -157,7 +157,9 @@ class Simulation:
                              f"clients per round, fed.cohort_size is {fed.cohort_size}; lower aggregator.f / "
                              f"aggregator.threshold or raise fed.clients_per_round")
         self.aggregator.connect(ServerContext(self.layout, self.device, fed.num_clients, self.config.seed,
-                                              fed.aux_per_class))
+                                              fed.aux_per_class, forward=self._forward,
+                                              input_shape=tuple(self.data.image_shape),
+                                              num_classes=self.data.num_classes))
         if self.attack is not None:
             self.attack.connect(AttackContext(
                 image_shape=tuple(self.data.image_shape), num_classes=self.data.num_classes,
@@ -326,6 +328,16 @@ class Simulation:
                           x=x, y=y, config=self.client_config, seed=self.config.seed, round=r, client_id=-1,
                           normalize=self.normalize)
         return res.update[: self.layout.num_weights]
+
+    @torch.no_grad()
+    def _forward(self, weights: Tensor, x: Tensor) -> Tensor:
+        """Logits of the model with trainable ``weights`` and the global buffers on raw inputs
+        ``x`` (normalised here), in eval mode, on a scratch copy of the model (DeepSight)."""
+        if not hasattr(self, "_scratch"):
+            self._scratch = copy.deepcopy(self.model)
+        w = self.layout.num_weights
+        self.layout.load(self._scratch, torch.cat([weights.to(self.global_params), self.global_params[w:]]))
+        return self._scratch.eval()(self.normalize(x.to(self.device)))
 
     def _root_mask(self, per_class: int) -> Tensor:
         if getattr(self, "_root", (None,))[0] != per_class:

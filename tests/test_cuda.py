@@ -187,6 +187,7 @@ RULES = {
     "foolsgold": ["fedsim.aggregators.FoolsGold"],
     "flame": ["fedsim.aggregators.FLAME"],
     "multimetrics": ["fedsim.aggregators.MultiMetrics"],
+    "deepsight": ["fedsim.aggregators.DeepSight", "--aggregator.num_samples", "256"],
 }
 
 

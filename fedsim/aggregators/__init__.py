@@ -3,6 +3,7 @@
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext, ServerContext
 from fedsim.aggregators.bulyan import Bulyan
 from fedsim.aggregators.clipping import NormClipping
+from fedsim.aggregators.deepsight import DeepSight
 from fedsim.aggregators.fedavg import FedAvg
 from fedsim.aggregators.flame import FLAME
 from fedsim.aggregators.fltrust import FLTrust
@@ -21,6 +22,7 @@ __all__ = [
     "ServerContext",
     "FedAvg",
     "Bulyan",
+    "DeepSight",
     "FLAME",
     "FLTrust",
     "FoolsGold",

@@ -32,6 +32,11 @@ class ServerContext:
     num_clients: int
     seed: int
     aux_per_class: int = 0  # samples per class of the server's auxiliary set (FLTrust's root data)
+    # forward(weights [num_weights], x [B, *input_shape] raw pixels in [0, 1]) -> logits [B, num_classes]:
+    # the model with these trainable weights (and the global buffers), in eval mode, no grad (DeepSight)
+    forward: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+    input_shape: tuple[int, ...] = ()  # (C, H, W) of the data
+    num_classes: int = 0
 
 
 @dataclass(frozen=True)
