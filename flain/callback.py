@@ -48,6 +48,13 @@ class FLAIN(PostTrainingDefense):
             tolerance with the given confidence, from paired per-image correctness against
             theta_T, so a single image does not decide k). Ignored in reference mode.
         confidence: one-sided confidence of the "confident" rule, in [0.5, 1).
+        rank: the order in which input neurons are flipped: "activation" (FLAIN: lowest mean
+            clean activation first) or "update_ratio" (exact mode only: largest accumulated-update
+            column norm per unit of clean activation first, ``flain.functional.update_ratio_order``;
+            catches clean-active neurons with disproportionate updates, which an attacker who
+            avoids dormant neurons must use; k is then the fraction of neurons flipped).
+        rank_eps: with "update_ratio", the activation floor as a fraction of the mean positive
+            activation (small: close to FLAIN's order; large: close to ranking by update norm).
         rescale: rescale the repaired layer to the Frobenius norm of its trained weights (the
             scripts do; in exact mode the rescaled layer is what the search evaluates).
         batch_size: batch size of the forward passes over the auxiliary set.
@@ -62,12 +69,13 @@ class FLAIN(PostTrainingDefense):
     def __init__(self, layers: Sequence[str] = ("fc1",), mode: str = "exact",
                  k_init: float = 0.001, k_step: float = 0.0001, k_cap: float = 1.0,
                  tolerance: float = 0.001, stop: str = "drop", confidence: float = 0.95,
-                 rescale: bool = True, batch_size: int = 512, plots: bool = True,
+                 rank: str = "activation", rank_eps: float = 0.01, rescale: bool = True, batch_size: int = 512, plots: bool = True,
                  apply: bool = True, name: str = "flain") -> None:
         super().__init__(apply=apply, name=name)
         layers = [layers] if isinstance(layers, str) else list(layers)
-        check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence)
-        self.stop, self.confidence = stop, confidence
+        check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence,
+                     rank, rank_eps)
+        self.stop, self.confidence, self.rank, self.rank_eps = stop, confidence, rank, rank_eps
         self.layers, self.mode, self.rescale, self.plots = layers, mode, rescale, plots
         self.k_init, self.k_step, self.k_cap = k_init, k_step, k_cap
         self.tolerance, self.batch_size = tolerance, batch_size
@@ -90,7 +98,7 @@ class FLAIN(PostTrainingDefense):
             sim.normalize(aux.x.to(device)), aux.y.to(device), self.layers, self.mode,
             self.k_init, self.k_step, self.k_cap, self.tolerance, self.rescale, self.batch_size,
             triggered_x=None if triggered is None else sim.normalize(triggered.to(device)),
-            stop=self.stop, confidence=self.confidence)
+            stop=self.stop, confidence=self.confidence, rank=self.rank, rank_eps=self.rank_eps)
         self._log(sim, results)
         return vec, summarize(results)
 
@@ -143,7 +151,7 @@ def summarize(results: list[ThresholdResult]) -> dict[str, Any]:
     one = len(results) == 1
     pick = (lambda key: per_layer[results[0].layer][key]) if one else \
         (lambda key: [per_layer[r.layer][key] for r in results])
-    return {"mode": results[0].mode, "stop": results[0].stop, "layers": [r.layer for r in results], "k": pick("k"),
+    return {"mode": results[0].mode, "stop": results[0].stop, "rank": results[0].rank, "layers": [r.layer for r in results], "k": pick("k"),
             "flipped_neurons": sum(r.flipped for r in results),
             "total_neurons": sum(r.total for r in results),
             "aux_acc_before": results[0].aux_acc_before, "aux_acc_after": results[-1].aux_acc_after,

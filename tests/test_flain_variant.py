@@ -80,3 +80,21 @@ def test_update_ratio_settings_are_checked():
         flain_repair(model, layout, theta0, theta_t, x, y, mode="reference", rank="update_ratio")
     with pytest.raises(ValueError, match="flain.rank_eps must be > 0, got 0"):
         flain_repair(model, layout, theta0, theta_t, x, y, rank="update_ratio", rank_eps=0)
+
+
+def test_the_callback_passes_rank_through_and_reports_it(tmp_path):
+    """End to end on the tiny federation: a FLAIN callback ranked by update ratio runs beside the
+    default one from the same theta_T, and the summary says which order each used."""
+    from fedsim.cli import main
+
+    cbs = tmp_path / "cbs.yaml"
+    cbs.write_text("callbacks:\n"
+                   "  - class_path: flain.FLAIN\n    init_args: {apply: false, plots: false}\n"
+                   "  - class_path: flain.FLAIN\n    init_args: {name: flain_ratio, rank: update_ratio,"
+                   " stop: confident, tolerance: 0.0, apply: false, plots: false}\n")
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    summary = main(["--config", str(root / "tests/configs/tiny.yaml"), "--config", str(root / "tests/configs/badnets.yaml"),
+                    "--config", str(cbs), "--fed.rounds", "2", "--run_dir", str(tmp_path / "run")])
+    assert summary["flain"]["rank"] == "activation" and summary["flain_ratio"]["rank"] == "update_ratio"
+    assert summary["flain"]["acc_before"] == summary["flain_ratio"]["acc_before"]
+    assert 0 < summary["flain_ratio"]["flipped_neurons"] <= summary["flain_ratio"]["total_neurons"]
