@@ -17,7 +17,7 @@ YAML::
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from torch import Tensor
 
@@ -55,6 +55,8 @@ class FLAIN(PostTrainingDefense):
             avoids dormant neurons must use; k is then the fraction of neurons flipped).
         rank_eps: with "update_ratio", the activation floor as a fraction of the mean positive
             activation (small: close to FLAIN's order; large: close to ranking by update norm).
+            A list runs one stage per value on each layer, each on the neurons the earlier
+            stages left and against the earlier stage's accuracy (reported as ``fc1#2``, ...).
         rescale: rescale the repaired layer to the Frobenius norm of its trained weights (the
             scripts do; in exact mode the rescaled layer is what the search evaluates).
         batch_size: batch size of the forward passes over the auxiliary set.
@@ -69,7 +71,8 @@ class FLAIN(PostTrainingDefense):
     def __init__(self, layers: Sequence[str] = ("fc1",), mode: str = "exact",
                  k_init: float = 0.001, k_step: float = 0.0001, k_cap: float = 1.0,
                  tolerance: float = 0.001, stop: str = "drop", confidence: float = 0.95,
-                 rank: str = "activation", rank_eps: float = 0.01, rescale: bool = True, batch_size: int = 512, plots: bool = True,
+                 rank: str = "activation", rank_eps: Union[float, list[float]] = 0.01,
+                 rescale: bool = True, batch_size: int = 512, plots: bool = True,
                  apply: bool = True, name: str = "flain") -> None:
         super().__init__(apply=apply, name=name)
         layers = [layers] if isinstance(layers, str) else list(layers)

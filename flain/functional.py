@@ -131,6 +131,7 @@ class ThresholdResult:
     activations_triggered: Optional[Tensor] = None  # [in] on triggered aux data, if given
     stop: str = "drop"  # exact mode's stopping rule ("drop" / "confident"); "first" in reference
     rank: str = "activation"  # the neurons' order: by activation (FLAIN) or "update_ratio"
+    order: Optional[Tensor] = None  # [in] the values the search thresholded (activations or pseudo)
 
 
 def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: str = "exact",
@@ -266,8 +267,12 @@ def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float,
     if rank != "activation" and mode != "exact":
         raise ValueError(f"flain.rank={rank!r} needs mode='exact' (the reference grid of k is "
                          f"an activation threshold), got mode={mode!r}")
-    if not rank_eps > 0:
-        raise ValueError(f"flain.rank_eps must be > 0, got {rank_eps}")
+    eps_list = list(rank_eps) if isinstance(rank_eps, (list, tuple)) else [rank_eps]
+    if not eps_list or not all(isinstance(e, (int, float)) and e > 0 for e in eps_list):
+        raise ValueError(f"flain.rank_eps must be > 0 (or a non-empty list of such values, one "
+                         f"stage each), got {rank_eps}")
+    if len(eps_list) > 1 and rank != "update_ratio":
+        raise ValueError(f"flain.rank_eps as a list (stages) needs rank='update_ratio', got rank={rank!r}")
 
 
 def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t: Tensor,
@@ -276,30 +281,45 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
                  k_cap: float = 1.0, tolerance: float = 0.001, rescale: bool = True,
                  batch_size: int = 512, triggered_x: Optional[Tensor] = None,
                  stop: str = "drop", confidence: float = 0.95, rank: str = "activation",
-                 rank_eps: float = 0.01) -> tuple[Tensor, list[ThresholdResult]]:
+                 rank_eps: float | Sequence[float] = 0.01) -> tuple[Tensor, list[ThresholdResult]]:
     """Repairs ``theta_t`` with FLAIN; returns (repaired vector ``[numel]``, one result per
     layer). ``aux_x`` (and ``triggered_x``, only used to report activations on triggered inputs)
     must already be normalised; ``model`` is a scratch model (its parameters are overwritten).
     ``rank="update_ratio"`` (exact mode only) orders the neurons by ``update_ratio_order``
-    instead of by activation; ``k`` is then the fraction of eligible neurons flipped."""
+    instead of by activation; ``k`` is then the fraction of eligible neurons flipped.
+    ``rank_eps`` as a list makes one *stage* per value on every layer, in order: each stage
+    ranks the neurons the earlier stages left unflipped with its own ``eps`` and searches
+    against the accuracy of the model the earlier stage returned (each stage has its own
+    tolerance, so the total drop is bounded by the stages' sum); stage i > 1 is reported as
+    layer ``<name>#i``."""
     check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence,
                  rank, rank_eps)
     if aux_x.shape[0] == 0:
         raise ValueError("flain: aux_x (simulation.data.aux) is empty; FLAIN needs clean "
                          "auxiliary samples")
     specs = [resolve_layer(model, name) for name in layers]
+    stages = list(rank_eps) if isinstance(rank_eps, (list, tuple)) else [rank_eps]
     vec, results, before = theta_t.clone(), [], None
     for spec in specs:
         res, before = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
                                     k_step, k_cap, tolerance, rescale, batch_size, before,
-                                    triggered_x, stop, confidence, rank, rank_eps)
+                                    triggered_x, stop, confidence, rank, stages[0])
         results.append(res)
+        done = flip_mask(res.order, res.k)  # this layer's neurons flipped so far
+        for i, eps in enumerate(stages[1:], start=2):
+            res, _ = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
+                                   k_step, k_cap, tolerance, rescale, batch_size, None,
+                                   triggered_x, stop, confidence, rank, eps, exclude=done)
+            res.layer = f"{spec.name}#{i}"
+            results.append(res)
+            done = done | flip_mask(res.order, res.k)
     return vec, results
 
 
 def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mode, k_init,
                   k_step, k_cap, tolerance, rescale, batch_size, before, triggered_x, stop,
-                  confidence, rank="activation", rank_eps=0.01) -> tuple[ThresholdResult, Tensor]:
+                  confidence, rank="activation", rank_eps=0.01, exclude: Optional[Tensor] = None
+                  ) -> tuple[ThresholdResult, Tensor]:
     """Searches and writes one layer's repaired weights into ``vec`` (in place). ``before`` is
     theta_T's per-input aux correctness (None for the first layer: measured here); returned."""
     layout.load(model, vec)
@@ -310,7 +330,9 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
     ev = FlipEvaluator(NetworkSplit(model, spec), aux_x, aux_y, w0, delta, bias, batch_size)
     activations = ev.act
     if rank == "update_ratio":  # the search and the flips follow the score's order
-        ev.act = update_ratio_order(activations, delta, rank_eps)
+        # neurons an earlier stage flipped are out of this stage's ranking (never flipped back)
+        ev.act = update_ratio_order(activations if exclude is None else
+                                    activations.masked_fill(exclude, -1.0), delta, rank_eps)
     search_rescale = rescale and mode == "exact"
     if before is None:
         before = ev.correct(flip_mask(ev.act, None), False)
@@ -326,7 +348,7 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
     w = flip_columns(w0, delta, ev.act, res.k)
     layout.view(vec, w_name).copy_(w * ev.scale() if res.rescaled else w)
     res.layer, res.fast_path, res.activations = spec.name, ev.split.fast, activations
-    res.rank = rank
+    res.rank, res.order = rank, ev.act
     if triggered_x is not None and triggered_x.shape[0] > 0:  # model still holds the input vec
         res.activations_triggered = spec.mean_activation(
             ev.split.capture(triggered_x, batch_size).x)

@@ -78,7 +78,7 @@ def test_update_ratio_settings_are_checked():
         flain_repair(model, layout, theta0, theta_t, x, y, rank="norm")
     with pytest.raises(ValueError, match="needs mode='exact'"):
         flain_repair(model, layout, theta0, theta_t, x, y, mode="reference", rank="update_ratio")
-    with pytest.raises(ValueError, match="flain.rank_eps must be > 0, got 0"):
+    with pytest.raises(ValueError, match=r"flain.rank_eps must be > 0 \(or a non-empty list of such values, one stage each\), got 0"):
         flain_repair(model, layout, theta0, theta_t, x, y, rank="update_ratio", rank_eps=0)
 
 
@@ -98,3 +98,34 @@ def test_the_callback_passes_rank_through_and_reports_it(tmp_path):
     assert summary["flain"]["rank"] == "activation" and summary["flain_ratio"]["rank"] == "update_ratio"
     assert summary["flain"]["acc_before"] == summary["flain_ratio"]["acc_before"]
     assert 0 < summary["flain_ratio"]["flipped_neurons"] <= summary["flain_ratio"]["total_neurons"]
+
+
+def test_stages_rank_the_remaining_neurons_against_the_previous_stage():
+    """Two stages on the 4-input example: stage 1 (k_cap 0.25: one neuron) flips the dormant
+    neuron 3, stage 2 ranks only neurons 0-2 and flips neuron 0 first; nothing is flipped back."""
+    model = nn.Sequential(nn.Linear(4, 2))
+    layout = ParamLayout(model)
+    theta0 = torch.zeros(layout.numel)
+    w = torch.zeros(2, 4)
+    w[:, 0], w[:, 1], w[:, 2], w[:, 3] = 5.0, 0.1, -0.1, 0.2
+    theta_t = theta0.clone()
+    layout.view(theta_t, "0.weight").copy_(w)
+    x = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).repeat(8, 1)
+    y = torch.zeros(8, dtype=torch.long)
+    vec, results = flain_repair(model, layout, theta0, theta_t, x, y, ["0"], "exact", tolerance=1.0,
+                                rescale=False, k_cap=0.34, rank="update_ratio", rank_eps=[0.01, 0.01])
+    assert [r.layer for r in results] == ["0", "0#2"] and [r.flipped for r in results] == [1, 1]
+    repaired = layout.view(vec, "0.weight")
+    assert torch.equal(repaired[:, 3], -w[:, 3]) and torch.equal(repaired[:, 0], -w[:, 0])
+    assert torch.equal(repaired[:, 1:3], w[:, 1:3])
+    assert results[1].order[3] == -1  # stage 1's neuron is out of stage 2's ranking
+
+
+def test_stages_need_the_update_ratio():
+    from tests.test_flain import small_setup
+
+    model, layout, theta0, theta_t, x, y = small_setup(seed=1)
+    with pytest.raises(ValueError, match="needs rank='update_ratio'"):
+        flain_repair(model, layout, theta0, theta_t, x, y, rank_eps=[0.01, 1.0])
+    with pytest.raises(ValueError, match="flain.rank_eps must be > 0"):
+        flain_repair(model, layout, theta0, theta_t, x, y, rank="update_ratio", rank_eps=[])
