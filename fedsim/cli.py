@@ -31,6 +31,7 @@ from fedsim.runtime import dist
 from fedsim.runtime.gitstate import git_state
 from fedsim.runtime.rundir import RunDirError, RunLock, check_run_dir, clear_results
 from fedsim.runtime.seeding import derive_seed
+from fedsim.schema import PositiveInt
 from fedsim.simulation import FedConfig, Simulation, SimulationConfig
 
 
@@ -48,11 +49,11 @@ def run(
     run_dir: str = "runs/default",
     resume: Optional[str] = None,
     overwrite: bool = False,
-    threads: int = 1,
+    threads: PositiveInt = 1,
     accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto",
     devices: Union[int, str] = "auto",
     strategy: str = "auto",
-    num_nodes: int = 1,
+    num_nodes: PositiveInt = 1,
 ) -> None:
     """Federated training with attacks, robust aggregation and post-training defenses.
 
@@ -104,8 +105,15 @@ def main(args: Optional[list[str]] = None) -> dict:
 
 def prepare(args: Optional[list[str]] = None):
     """Parses and instantiates the configuration; raises on bad input before any training."""
+    from jsonargparse import ArgumentError
+
+    from fedsim.errors import ConfigError, concise
+
     parser = build_parser()
-    cfg = parser.parse_args(args)
+    try:
+        cfg = parser.parse_args(args)
+    except ArgumentError as err:  # the schema refused a value: its short message, still an ArgumentError
+        raise ConfigError(concise(str(err))) from None
     torch.manual_seed(derive_seed(cfg.seed, "init"))  # model init: same on every rank
     return parser, cfg, parser.instantiate_classes(cfg)
 

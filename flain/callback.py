@@ -17,14 +17,19 @@ YAML::
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from torch import Tensor
 
 from fedsim.posttrain import PostTrainingDefense
 from flain.activations import resolve_layer
-from flain.functional import ThresholdResult, check_config, flain_repair
+from fedsim.schema import NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval, bounded
+from flain.functional import MODES, STOPS, ThresholdResult, check_config, flain_repair
 from flain.plots import plot_activations, plot_threshold
+
+Mode = Literal[MODES]  # the schema's choices are flain.functional's
+Stop = Literal[STOPS]
+Confidence = bounded(float, 0.5, 1, high_open=True)
 
 
 class FLAIN(PostTrainingDefense):
@@ -59,10 +64,10 @@ class FLAIN(PostTrainingDefense):
 
     name = "flain"
 
-    def __init__(self, layers: Sequence[str] = ("fc1",), mode: str = "exact",
-                 k_init: float = 0.001, k_step: float = 0.0001, k_cap: float = 1.0,
-                 tolerance: float = 0.001, stop: str = "drop", confidence: float = 0.95,
-                 rescale: bool = True, batch_size: int = 512, plots: bool = True,
+    def __init__(self, layers: Sequence[str] = ("fc1",), mode: Mode = "exact",
+                 k_init: NonNegativeFloat = 0.001, k_step: PositiveFloat = 0.0001, k_cap: NonNegativeFloat = 1.0,
+                 tolerance: UnitInterval = 0.001, stop: Stop = "drop", confidence: Confidence = 0.95,
+                 rescale: bool = True, batch_size: PositiveInt = 512, plots: bool = True,
                  apply: bool = True, name: str = "flain") -> None:
         super().__init__(apply=apply, name=name)
         layers = [layers] if isinstance(layers, str) else list(layers)

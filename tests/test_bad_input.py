@@ -84,7 +84,7 @@ def _console(*args, cwd=ROOT):
     (["--config", str(TINY.parent / "badnets.yaml"), "--attack.init_args.data.init_args.poison_fraction", "2.0"],
      "attack: BadNets.poison_fraction must be in [0, 1], got 2.0"),
     (["--callbacks", '[{"class_path": "flain.FLAIN", "init_args": {"tolerance": 3}}]'],
-     "callbacks: flain.tolerance must be in [0, 1], got 3"),
+     "callbacks: FLAIN.tolerance must be in [0, 1], got 3"),
     (["--fed.round", "7"], "fed.round"),  # an abbreviation of fed.rounds is refused, not guessed
     (["--accelerator", "tpu"], "accelerator"),
     (["--run_dir", ""], "run_dir must be a folder path"),
