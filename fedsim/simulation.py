@@ -196,6 +196,7 @@ class Simulation:
         bar = _progress(fabric, self.start_round, fed.rounds)
         metrics: dict[str, Any] = {}
         for r in range(self.start_round, fed.rounds):
+            dist.set_stage(f"round {r}")  # named by a collective that times out (rank_timeout)
             start = time.perf_counter()
             # SAMPLE: the same cohort and attackers on every rank, no communication
             cohort = sample_cohort(self.config.seed, r, fed.num_clients, fed.cohort_size)
@@ -227,6 +228,7 @@ class Simulation:
             _advance(bar, metrics)
         if bar is not None:
             bar.close()
+        dist.set_stage("post-training")
         return self._finish()
 
     def _malicious(self, r: int, cohort: list[int]) -> Tensor:

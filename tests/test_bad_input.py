@@ -355,3 +355,69 @@ def test_the_schemas_choices_are_the_ones_the_code_accepts():
 
     assert set(get_args(EmnistSplit)) == set(tvd.EMNIST.splits)
     assert get_args(Mode) == MODES and get_args(Stop) == STOPS
+
+
+# ---------------------------------------------------------------- a rank that stops responding
+SLEEPER = '''
+import time
+from pathlib import Path
+
+from fedsim.callbacks import Callback
+
+
+class SleepOnRank(Callback):
+    """Test-only: rank ``rank`` stops responding for ``seconds`` after round ``after_round``."""
+
+    def __init__(self, rank: int = 1, after_round: int = 0, seconds: float = 120.0, stamp: str = "") -> None:
+        self.rank, self.after_round, self.seconds, self.stamp = rank, after_round, seconds, stamp
+
+    def on_round_end(self, fabric, simulation, round, metrics):
+        if fabric.global_rank == self.rank and round == self.after_round:
+            Path(self.stamp).write_text(str(time.time()))
+            time.sleep(self.seconds)
+'''
+
+
+def test_a_rank_that_stops_responding_stops_every_rank_within_the_timeout_naming_the_round(tmp_path):
+    import os
+    import socket
+    import time
+
+    (tmp_path / "sleepy.py").write_text(SLEEPER)
+    stamp = tmp_path / "asleep"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sleeper = [{"class_path": "sleepy.SleepOnRank", "init_args": {"seconds": 120, "stamp": str(stamp)}}]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    env.pop("LT_CLI_USED", None)
+    cmd = [sys.executable, "-c", "from lightning.fabric.cli import _main; _main()", "run", "--accelerator", "cpu",
+           "--devices", "2", "--main_port", str(port), "launch/train.py", "--config", str(TINY),
+           "--run_dir", str(tmp_path / "run"), "--rank_timeout", "4", "--callbacks", __import__("json").dumps(sleeper)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+    ended = time.time()
+    assert done.returncode != 0
+    # rank 0 waits in round 1's gather for rank 1, which sleeps (120 s) after round 0
+    assert ("error: round 1: rank 0 in gather: no reply from the other ranks within rank_timeout=4 s: "
+            "a rank stopped responding; stopping this rank too") in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr.split("error: round 1")[0]
+    # detected after ~rank_timeout (+ round 1's training and the launcher's teardown), not after the sleep
+    assert ended - float(stamp.read_text()) < 4 + 20
+
+
+def test_a_collective_that_times_out_names_the_stage():
+    from fedsim.runtime import dist
+
+    dist.set_stage("round 7")
+    try:
+        with pytest.raises(dist.RankTimeout, match=r"^round 7: rank 0 in gather: no reply .* process group's timeout"):
+            with dist._collective("gather"):
+                raise RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 4000ms for recv")
+        with pytest.raises(dist.RankTimeout, match=r"^round 7: rank 0 in broadcast: lost contact with another rank"):
+            with dist._collective("broadcast"):
+                raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234")
+        with pytest.raises(RuntimeError, match="CUDA out of memory"):  # other errors pass through unchanged
+            with dist._collective("gather"):
+                raise RuntimeError("CUDA out of memory")
+    finally:
+        dist.release()
