@@ -94,7 +94,22 @@ def _from_schema(text: str) -> Optional[str]:
         given = next((ln.strip() for ln in lines[i + 1:] if ln.strip().startswith("Given value:")), None)
         value = given.split(":", 1)[1].strip() if given else None
     got = "" if value is None else f", got {_quoted(value)}"
-    return f"{field} must be one of [{choice.group(1)}]{got}"
+    return f"{field} must be one of [{choice.group(1)}]{_alternatives(lines, i)}{got}"
+
+
+def _alternatives(lines: list[str], i: int) -> str:
+    """" or a tuple" for the other members of a Union whose first member is the refused Literal
+    (``position: Union[Literal[...], tuple[int, int]]``); None is left out."""
+    indent, names = _indent(lines[i]), []
+    for line in lines[i + 1:]:
+        if _indent(line) < indent or not line.strip().startswith("- "):
+            break
+        if _indent(line) == indent:
+            kind = re.match(r"- Expected a (?:<class '([^']+)'>|(.+))$", line.strip())
+            name = kind and (kind.group(1) or kind.group(2))
+            if name and name != "NoneType":
+                names.append(f"a {name}")
+    return "".join(f" or {n}" for n in names)
 
 
 def _indent(line: str) -> int:

@@ -298,6 +298,9 @@ SCHEDULE = ('{"class_path": "fedsim.attacks.Attack", "init_args": {"data": {"cla
     (["--attack", SCHEDULE], "attack: Schedule.mode must be one of ['per_round', 'fixed', 'redraw'], got 'sometimes'"),
     (["--config", str(TINY.parent / "badnets.yaml"), "--attack.init_args.data.init_args.pattern", "star"],
      "attack: BadNets.pattern must be one of ['square', 'plus', 'checkerboard'], got 'star'"),
+    (["--config", str(TINY.parent / "badnets.yaml"), "--attack.init_args.data.init_args.position", "middle"],
+     "attack: BadNets.position must be one of ['bottom_right', 'bottom_left', 'top_left', 'top_right', 'center'] "
+     "or a tuple, got 'middle'"),
     (["--callbacks", '[{"class_path": "flain.FLAIN", "init_args": {"stop": "never"}}]'],
      "callbacks: FLAIN.stop must be one of ['drop', 'confident'], got 'never'"),
     (["--callbacks", '[{"class_path": "flain.FLAIN", "init_args": {"confidence": 1}}]'],
