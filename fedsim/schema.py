@@ -33,7 +33,7 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def describe(base: type, low: Optional[float], high: Optional[float], low_open: bool, high_open: bool) -> str:
+def describe(low: Optional[float], high: Optional[float], low_open: bool, high_open: bool) -> str:
     """The range in words: ">= 1", "> 0", "in [0, 1]", "in (0, 1]"."""
     if low is not None and high is not None:
         return f"in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
@@ -67,7 +67,7 @@ def bounded(base: type, low: Optional[float] = None, high: Optional[float] = Non
     key = (base, low, high, low_open, high_open)
     if key in _MADE:  # one class per range: the same name is the same type
         return _MADE[key]
-    rng = describe(base, low, high, low_open, high_open)
+    rng = describe(low, high, low_open, high_open)
     noun = "an integer" if base is int else "a number"
 
     def inside(v) -> bool:
