@@ -31,6 +31,7 @@ from fedsim.runtime import dist
 from fedsim.runtime.gitstate import git_state
 from fedsim.runtime.rundir import RunDirError, RunLock, check_run_dir, clear_results
 from fedsim.runtime.seeding import derive_seed
+from fedsim.schema import PositiveFloat, PositiveInt
 from fedsim.simulation import FedConfig, Simulation, SimulationConfig
 
 
@@ -48,11 +49,12 @@ def run(
     run_dir: str = "runs/default",
     resume: Optional[str] = None,
     overwrite: bool = False,
-    threads: int = 1,
+    threads: PositiveInt = 1,
     accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto",
     devices: Union[int, str] = "auto",
     strategy: str = "auto",
-    num_nodes: int = 1,
+    num_nodes: PositiveInt = 1,
+    rank_timeout: PositiveFloat = 300.0,
 ) -> None:
     """Federated training with attacks, robust aggregation and post-training defenses.
 
@@ -83,6 +85,9 @@ def run(
             FEDSIM_CPU_PROCESSES overrides the core count), on a GPU 1.
         strategy: used only when not started by `fabric run`.
         num_nodes: used only when not started by `fabric run`.
+        rank_timeout: seconds a rank waits for the others in a collective; when a rank stops
+            responding for that long, every rank still running exits with an error naming the
+            round (instead of gloo's default 30 minutes).
     """
 
 
@@ -104,8 +109,15 @@ def main(args: Optional[list[str]] = None) -> dict:
 
 def prepare(args: Optional[list[str]] = None):
     """Parses and instantiates the configuration; raises on bad input before any training."""
+    from jsonargparse import ArgumentError
+
+    from fedsim.errors import ConfigError, concise
+
     parser = build_parser()
-    cfg = parser.parse_args(args)
+    try:
+        cfg = parser.parse_args(args)
+    except ArgumentError as err:  # the schema refused a value: its short message, still an ArgumentError
+        raise ConfigError(concise(str(err))) from None
     torch.manual_seed(derive_seed(cfg.seed, "init"))  # model init: same on every rank
     return parser, cfg, parser.instantiate_classes(cfg)
 
@@ -117,6 +129,7 @@ def execute(parser: ArgumentParser, cfg, init) -> dict:
     _set_threads(cfg.threads)
     _check_accelerator(cfg.accelerator)
     fabric = _make_fabric(cfg, callbacks, init.fed.cohort_size)
+    dist.use_timeout(fabric, cfg.rank_timeout)
     # config.yaml records the layout that ran (also under `fabric run`, which ignores cfg.devices)
     cfg.devices = max(1, fabric.world_size // max(1, getattr(fabric, "num_nodes", 1) or 1))
     run_dir = Path(cfg.run_dir)
@@ -216,7 +229,11 @@ def _shutdown(fabric) -> None:
     import torch.distributed as dist
 
     if fabric.world_size > 1 and dist.is_available() and dist.is_initialized():
-        fabric.barrier()
+        from fedsim.runtime import dist as collectives
+
+        collectives.set_stage("the end of the run")
+        collectives.barrier(fabric)
+        collectives.release()
         dist.destroy_process_group()
 
 
@@ -310,6 +327,10 @@ def cli() -> None:
     except (ValueError, FileNotFoundError, ArgumentError, RunDirError) as err:
         print(f"error: {concise(str(err))}", file=sys.stderr)
         sys.exit(2)
+    except dist.RankTimeout as err:  # a rank stopped responding: say so, and do not wait for gloo's teardown
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     except OSError as err:
         if err.errno not in (28, 122):  # ENOSPC, EDQUOT: said in one line; other faults keep the traceback
             raise

@@ -14,7 +14,7 @@ the update's buffer part (see ``fedsim.params``) and the server averages them by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,10 @@ from torch import Tensor, nn
 
 from fedsim.params import ParamLayout
 from fedsim.runtime.seeding import derive_seed, generator, seeded_global_rng
+from fedsim.schema import NonNegativeFloat, PositiveFloat, PositiveInt
 
-OPTIMIZERS = ("sgd", "adam")
+Optimizer = Literal["sgd", "adam"]
+OPTIMIZERS = get_args(Optimizer)
 
 
 @dataclass
@@ -39,12 +41,12 @@ class ClientConfig:
         batch_size: local batch size.
     """
 
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    epochs: int = 1
-    batch_size: int = 64
+    optimizer: Optimizer = "sgd"
+    lr: PositiveFloat = 0.01
+    momentum: NonNegativeFloat = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 64
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

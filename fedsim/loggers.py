@@ -14,9 +14,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
-WANDB_MODES = ("offline", "online", "disabled")
+WandbMode = Literal["offline", "online", "disabled"]
+WANDB_MODES = get_args(WandbMode)
 
 
 def utc_now() -> str:
@@ -50,7 +51,7 @@ class LoggerConfig:
     entity: Optional[str] = None
     group: Optional[str] = None
     name: Optional[str] = None
-    mode: str = "offline"
+    mode: WandbMode = "offline"
     tags: list[str] = field(default_factory=list)
     job_type: str = "train"
     config: dict[str, Any] = field(default_factory=dict)

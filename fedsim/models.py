@@ -10,6 +10,17 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedsim.schema import PositiveInt, UnitInterval
+
+
+def _check(owner: str, dropout: float = 0.0, **sizes: int) -> None:
+    """The schema's ranges, for models built in code: sizes >= 1, dropout in [0, 1]."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}.{name} must be an integer >= 1, got {value!r}")
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"{owner}.dropout must be in [0, 1], got {dropout}")
+
 
 class Model(nn.Module):
     """Base class of the networks the command line accepts (``model: class_path``): a plain
@@ -24,7 +35,8 @@ class MnistCNN(Model):
         dropout: dropout probability before fc1 and before fc2 (0.5 in the reference).
     """
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: PositiveInt = 10, dropout: UnitInterval = 0.5) -> None:
+        _check("MnistCNN", num_classes=num_classes, dropout=dropout)
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
@@ -55,7 +67,8 @@ class FmnistCNN(Model):
         dropout: dropout probability between the fully connected layers.
     """
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: PositiveInt = 10, dropout: UnitInterval = 0.5) -> None:
+        _check("FmnistCNN", num_classes=num_classes, dropout=dropout)
         super().__init__()
         self.features = nn.Sequential(
             _conv_bn(1, 32, 0), _conv_bn(32, 64, 0), nn.MaxPool2d(2),
@@ -84,7 +97,8 @@ class CifarCNN(Model):
         dropout: dropout probability before each fully connected layer.
     """
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: PositiveInt = 10, dropout: UnitInterval = 0.5) -> None:
+        _check("CifarCNN", num_classes=num_classes, dropout=dropout)
         super().__init__()
         self.features = nn.Sequential(
             _conv_bn(3, 64, 1), _conv_bn(64, 128, 1), nn.MaxPool2d(2),
@@ -111,7 +125,8 @@ class ResNet18(Model):
         in_channels: input channels (3 for CIFAR-10).
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: PositiveInt = 10, in_channels: PositiveInt = 3) -> None:
+        _check("ResNet18", num_classes=num_classes, in_channels=in_channels)
         super().__init__()
         import torchvision  # only this model needs it
 
@@ -133,7 +148,8 @@ class TinyNet(Model):
         hidden: width of fc1.
     """
 
-    def __init__(self, num_classes: int = 10, in_features: int = 784, hidden: int = 32) -> None:
+    def __init__(self, num_classes: PositiveInt = 10, in_features: PositiveInt = 784, hidden: PositiveInt = 32) -> None:
+        _check("TinyNet", num_classes=num_classes, in_features=in_features, hidden=hidden)
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
@@ -150,7 +166,8 @@ class LogReg(Model):
         in_features: flattened input size (784 for 1x28x28).
     """
 
-    def __init__(self, num_classes: int = 10, in_features: int = 784) -> None:
+    def __init__(self, num_classes: PositiveInt = 10, in_features: PositiveInt = 784) -> None:
+        _check("LogReg", num_classes=num_classes, in_features=in_features)
         super().__init__()
         self.fc = nn.Linear(in_features, num_classes)
 

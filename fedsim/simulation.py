@@ -40,6 +40,7 @@ from fedsim.params import ParamLayout
 from fedsim.runtime import dist
 from fedsim.runtime.checkpoint import load_checkpoint, save_atomic, validate_state, with_digest
 from fedsim.runtime.seeding import generator
+from fedsim.schema import AboveOne, NonNegativeInt, PositiveInt, UnitIntervalOpenLow
 
 META = 3  # columns before the update in a gathered row: client id, samples, loss
 
@@ -61,14 +62,14 @@ class FedConfig:
         norm_guard: also drop such updates before aggregation (like non-finite ones).
     """
 
-    num_clients: int = 100
-    rounds: int = 10
-    clients_per_round: Optional[int] = None
-    fraction: Optional[float] = None
-    eval_every: int = 1
-    checkpoint_every: int = 1
-    aux_per_class: int = 80
-    norm_factor: float = 100.0
+    num_clients: PositiveInt = 100
+    rounds: NonNegativeInt = 10
+    clients_per_round: Optional[PositiveInt] = None
+    fraction: Optional[UnitIntervalOpenLow] = None
+    eval_every: PositiveInt = 1
+    checkpoint_every: NonNegativeInt = 1
+    aux_per_class: NonNegativeInt = 80
+    norm_factor: AboveOne = 100.0
     norm_guard: bool = False
 
     def __post_init__(self) -> None:
@@ -197,6 +198,7 @@ class Simulation:
         bar = _progress(fabric, self.start_round, fed.rounds)
         metrics: dict[str, Any] = {}
         for r in range(self.start_round, fed.rounds):
+            dist.set_stage(f"round {r}")  # named by a collective that times out (rank_timeout)
             start = time.perf_counter()
             # SAMPLE: the same cohort and attackers on every rank, no communication
             cohort = sample_cohort(self.config.seed, r, fed.num_clients, fed.cohort_size)
@@ -228,6 +230,7 @@ class Simulation:
             _advance(bar, metrics)
         if bar is not None:
             bar.close()
+        dist.set_stage("post-training")
         return self._finish()
 
     def _malicious(self, r: int, cohort: list[int]) -> Tensor:

@@ -17,14 +17,20 @@ YAML::
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 from torch import Tensor
 
 from fedsim.posttrain import PostTrainingDefense
 from flain.activations import resolve_layer
-from flain.functional import ThresholdResult, check_config, flain_repair
+from fedsim.schema import NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval, bounded
+from flain.functional import MODES, RANKS, STOPS, ThresholdResult, check_config, flain_repair
 from flain.plots import plot_activations, plot_threshold
+
+Mode = Literal[MODES]  # the schema's choices are flain.functional's
+Stop = Literal[STOPS]
+Rank = Literal[RANKS]
+Confidence = bounded(float, 0.5, 1, high_open=True)
 
 
 class FLAIN(PostTrainingDefense):
@@ -68,11 +74,11 @@ class FLAIN(PostTrainingDefense):
 
     name = "flain"
 
-    def __init__(self, layers: Sequence[str] = ("fc1",), mode: str = "exact",
-                 k_init: float = 0.001, k_step: float = 0.0001, k_cap: float = 1.0,
-                 tolerance: float = 0.001, stop: str = "drop", confidence: float = 0.95,
-                 rank: str = "activation", rank_eps: Union[float, list[float]] = 0.01,
-                 rescale: bool = True, batch_size: int = 512, plots: bool = True,
+    def __init__(self, layers: Sequence[str] = ("fc1",), mode: Mode = "exact",
+                 k_init: NonNegativeFloat = 0.001, k_step: PositiveFloat = 0.0001, k_cap: NonNegativeFloat = 1.0,
+                 tolerance: UnitInterval = 0.001, stop: Stop = "drop", confidence: Confidence = 0.95,
+                 rank: Rank = "activation", rank_eps: Union[PositiveFloat, list[PositiveFloat]] = 0.01,
+                 rescale: bool = True, batch_size: PositiveInt = 512, plots: bool = True,
                  apply: bool = True, name: str = "flain") -> None:
         super().__init__(apply=apply, name=name)
         layers = [layers] if isinstance(layers, str) else list(layers)

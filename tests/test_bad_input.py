@@ -84,7 +84,7 @@ def _console(*args, cwd=ROOT):
     (["--config", str(TINY.parent / "badnets.yaml"), "--attack.init_args.data.init_args.poison_fraction", "2.0"],
      "attack: BadNets.poison_fraction must be in [0, 1], got 2.0"),
     (["--callbacks", '[{"class_path": "flain.FLAIN", "init_args": {"tolerance": 3}}]'],
-     "callbacks: flain.tolerance must be in [0, 1], got 3"),
+     "callbacks: FLAIN.tolerance must be in [0, 1], got 3"),
     (["--fed.round", "7"], "fed.round"),  # an abbreviation of fed.rounds is refused, not guessed
     (["--accelerator", "tpu"], "accelerator"),
     (["--run_dir", ""], "run_dir must be a folder path"),
@@ -269,3 +269,158 @@ def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_previous_file(tmp
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"round": 1}
     assert not list(tmp_path.glob(".last.ckpt.*.tmp"))
+
+
+# ---------------------------------------------------------------- choices and ranges in the schema
+from fedsim.cli import build_parser, prepare  # noqa: E402
+from fedsim.errors import ConfigError  # noqa: E402
+
+SCHEDULE = ('{"class_path": "fedsim.attacks.Attack", "init_args": {"data": {"class_path": "fedsim.attacks.BadNets"},'
+            ' "schedule": {"class_path": "fedsim.attacks.Schedule", "init_args": {"mode": "sometimes"}}}}')
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--client.optimizer", "rmsprop"], "client.optimizer must be one of ['sgd', 'adam'], got 'rmsprop'"),
+    (["--fed.fraction", "1.5"], "fed.fraction must be in (0, 1], got 1.5"),
+    (["--fed.rounds", "-1"], "fed.rounds must be >= 0, got -1"),
+    (["--fed.num_clients", "2.5"], "fed.num_clients must be an integer >= 1, got 2.5"),
+    (["--client.lr", "abc"], "client.lr must be a number > 0, got 'abc'"),
+    (["--client.lr", "nan"], "client.lr must be > 0, got nan"),
+    (["--fed.norm_factor", "1"], "fed.norm_factor must be > 1, got 1"),
+    (["--threads", "0"], "threads must be >= 1, got 0"),
+    (["--logger.mode", "sometimes"], "logger.mode must be one of ['offline', 'online', 'disabled'], got 'sometimes'"),
+    (["--data.init_args.limit_train", "0"], "data: EmbeddedMNIST.limit_train must be >= 1, got 0"),
+    (["--model.init_args.hidden", "0"], "model: TinyNet.hidden must be >= 1, got 0"),
+    (["--partition.init_args.alpha", "-1"], "partition: Dirichlet.alpha must be > 0, got -1"),
+    (["--aggregator", "fedsim.aggregators.TrimmedMean", "--aggregator.beta", "0.5"],
+     "aggregator: TrimmedMean.beta must be in [0, 0.5), got 0.5"),
+    (["--aggregator", "fedsim.aggregators.Krum", "--aggregator.f", "-1"], "aggregator: Krum.f must be >= 0, got -1"),
+    (["--attack", SCHEDULE], "attack: Schedule.mode must be one of ['per_round', 'fixed', 'redraw'], got 'sometimes'"),
+    (["--config", str(TINY.parent / "badnets.yaml"), "--attack.init_args.data.init_args.pattern", "star"],
+     "attack: BadNets.pattern must be one of ['square', 'plus', 'checkerboard'], got 'star'"),
+    (["--config", str(TINY.parent / "badnets.yaml"), "--attack.init_args.data.init_args.position", "middle"],
+     "attack: BadNets.position must be one of ['bottom_right', 'bottom_left', 'top_left', 'top_right', 'center'] "
+     "or a tuple, got 'middle'"),
+    (["--callbacks", '[{"class_path": "flain.FLAIN", "init_args": {"stop": "never"}}]'],
+     "callbacks: FLAIN.stop must be one of ['drop', 'confident'], got 'never'"),
+    (["--callbacks", '[{"class_path": "flain.FLAIN", "init_args": {"confidence": 1}}]'],
+     "callbacks: FLAIN.confidence must be in [0.5, 1), got 1"),
+    (["--callbacks", '[{"class_path": "fedsim.repair.FineTuning", "init_args": {"optimizer": "lbfgs"}}]'],
+     "callbacks: FineTuning.optimizer must be one of ['sgd', 'adam'], got 'lbfgs'"),
+])
+def test_the_schema_refuses_a_value_with_the_field_the_allowed_values_and_the_value(tiny_args, extra, message):
+    with pytest.raises(ConfigError) as info:
+        prepare(tiny_args + extra)
+    assert str(info.value) == message
+    assert isinstance(info.value, ValueError) and isinstance(info.value, ArgumentError)
+
+
+def test_parsed_numbers_are_plain_ints_and_floats(tiny_args):
+    # checkpoints load with weights_only=True, which refuses unknown classes: no int/float subclasses
+    _, cfg, init = prepare(tiny_args + ["--client.lr", "0.5", "--fed.rounds", "2"])
+    assert type(init.client.lr) is float and type(init.fed.rounds) is int and type(cfg.fed.num_clients) is int
+    assert type(init.partition.alpha) is float and init.client.lr == 0.5
+
+
+def test_help_shows_the_choices_and_ranges(capsys):
+    text = " ".join(build_parser().format_help().split())  # help wraps lines
+    assert "--client.optimizer {sgd,adam}" in text and "(type: Literal['sgd', 'adam'], default: sgd)" in text
+    assert "(type: Optional[float in (0, 1]], default: null)" in text  # fed.fraction
+    assert "local learning rate. (type: float > 0, default: 0.01)" in text
+    assert "--logger.mode {offline,online,disabled}" in text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--attack.data.help", "BadNets"])
+    attack = " ".join(capsys.readouterr().out.split())
+    assert "--data.poison_fraction POISON_FRACTION" in attack and "(type: float in [0, 1], default: 0.5)" in attack
+    assert "--data.pattern {square,plus,checkerboard}" in attack
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: __import__("fedsim.simulation", fromlist=["FedConfig"]).FedConfig(fraction=1.5), r"fed\.fraction must be in \(0, 1\]"),
+    (lambda: __import__("fedsim.clients", fromlist=["ClientConfig"]).ClientConfig(optimizer="rmsprop"), "client.optimizer"),
+    (lambda: __import__("fedsim.attacks", fromlist=["BadNets"]).BadNets(poison_fraction=2.0), r"BadNets\.poison_fraction"),
+    (lambda: __import__("fedsim.models", fromlist=["TinyNet"]).TinyNet(hidden=0), r"TinyNet\.hidden must be an integer >= 1"),
+    (lambda: __import__("fedsim.models", fromlist=["MnistCNN"]).MnistCNN(dropout=1.5), r"MnistCNN\.dropout must be in \[0, 1\]"),
+    (lambda: __import__("flain", fromlist=["FLAIN"]).FLAIN(stop="never"), r"flain\.stop must be one of"),
+])
+def test_components_built_in_code_still_refuse_bad_values(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_the_schemas_choices_are_the_ones_the_code_accepts():
+    import torchvision.datasets as tvd
+    from typing import get_args
+
+    from fedsim.data.datasets import EmnistSplit
+    from flain.callback import Mode, Stop
+    from flain.functional import MODES, STOPS
+
+    assert set(get_args(EmnistSplit)) == set(tvd.EMNIST.splits)
+    assert get_args(Mode) == MODES and get_args(Stop) == STOPS
+
+
+# ---------------------------------------------------------------- a rank that stops responding
+SLEEPER = '''
+import time
+from pathlib import Path
+
+from fedsim.callbacks import Callback
+
+
+class SleepOnRank(Callback):
+    """Test-only: rank ``rank`` stops responding for ``seconds`` after round ``after_round``."""
+
+    def __init__(self, rank: int = 1, after_round: int = 0, seconds: float = 120.0, stamp: str = "") -> None:
+        self.rank, self.after_round, self.seconds, self.stamp = rank, after_round, seconds, stamp
+
+    def on_round_end(self, fabric, simulation, round, metrics):
+        if fabric.global_rank == self.rank and round == self.after_round:
+            Path(self.stamp).write_text(str(time.time()))
+            time.sleep(self.seconds)
+'''
+
+
+def test_a_rank_that_stops_responding_stops_every_rank_within_the_timeout_naming_the_round(tmp_path):
+    import os
+    import socket
+    import time
+
+    (tmp_path / "sleepy.py").write_text(SLEEPER)
+    stamp = tmp_path / "asleep"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sleeper = [{"class_path": "sleepy.SleepOnRank", "init_args": {"seconds": 120, "stamp": str(stamp)}}]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    env.pop("LT_CLI_USED", None)
+    cmd = [sys.executable, "-c", "from lightning.fabric.cli import _main; _main()", "run", "--accelerator", "cpu",
+           "--devices", "2", "--main_port", str(port), "launch/train.py", "--config", str(TINY),
+           "--run_dir", str(tmp_path / "run"), "--rank_timeout", "4", "--callbacks", __import__("json").dumps(sleeper)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+    ended = time.time()
+    assert done.returncode != 0
+    # rank 0 waits in round 1's gather for rank 1, which sleeps (120 s) after round 0
+    assert ("error: round 1: rank 0 in gather: no reply from the other ranks within rank_timeout=4 s: "
+            "a rank stopped responding; stopping this rank too") in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr.split("error: round 1")[0]
+    # detected after ~rank_timeout (+ round 1's training and the launcher's teardown), not after the sleep
+    assert ended - float(stamp.read_text()) < 4 + 20
+
+
+def test_a_collective_that_times_out_names_the_stage():
+    from fedsim.runtime import dist
+
+    dist.set_stage("round 7")
+    try:
+        with pytest.raises(dist.RankTimeout, match=r"^round 7: rank 0 in gather: no reply .* process group's timeout"):
+            with dist._collective("gather"):
+                raise RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 4000ms for recv")
+        with pytest.raises(dist.RankTimeout, match=r"^round 7: rank 0 in broadcast: lost contact with another rank"):
+            with dist._collective("broadcast"):
+                raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234")
+        with pytest.raises(RuntimeError, match="CUDA out of memory"):  # other errors pass through unchanged
+            with dist._collective("gather"):
+                raise RuntimeError("CUDA out of memory")
+    finally:
+        dist.release()

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+from fedsim.schema import NonNegativeInt
 from fedsim.aggregators.functional import bulyan
 
 
@@ -22,7 +23,7 @@ class Bulyan(Aggregator):
         f: the number of Byzantine clients tolerated per round (needs ``n >= 4f + 3``).
     """
 
-    def __init__(self, f: int = 2) -> None:
+    def __init__(self, f: NonNegativeInt = 2) -> None:
         if f < 0:
             raise ValueError(f"aggregator.f must be >= 0, got {f}")
         self.f = f

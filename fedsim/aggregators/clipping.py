@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+from fedsim.schema import NonNegativeFloat, PositiveFloat
 from fedsim.aggregators.functional import clip_to_norm, gaussian_noise, weighted_mean
 
 
@@ -24,7 +25,7 @@ class NormClipping(Aggregator):
             0 turns weak DP off.
     """
 
-    def __init__(self, max_norm: float = 3.0, noise_std: float = 0.0) -> None:
+    def __init__(self, max_norm: PositiveFloat = 3.0, noise_std: NonNegativeFloat = 0.0) -> None:
         if max_norm <= 0:
             raise ValueError(f"aggregator.max_norm must be > 0, got {max_norm}")
         if noise_std < 0:

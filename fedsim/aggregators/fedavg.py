@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+from fedsim.schema import PositiveFloat
 from fedsim.aggregators.functional import weighted_mean
 
 
@@ -19,7 +20,7 @@ class FedAvg(Aggregator):
         server_lr: the server learning rate eta; the global model moves by eta * mean update.
     """
 
-    def __init__(self, server_lr: float = 1.0) -> None:
+    def __init__(self, server_lr: PositiveFloat = 1.0) -> None:
         if server_lr <= 0:
             raise ValueError(f"aggregator.server_lr must be > 0, got {server_lr}")
         self.server_lr = server_lr

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+from fedsim.schema import NonNegativeFloat
 from fedsim.aggregators.functional import (
     clip_to_norm,
     cosine_distances_from_gram,
@@ -116,7 +117,7 @@ class FLAME(Aggregator):
 
     def __init__(
         self,
-        noise_lambda: float = 0.001,
+        noise_lambda: NonNegativeFloat = 0.001,
         cluster_on: Literal["models", "updates"] = "models",
         weighting: Literal["equal", "samples"] = "equal",
     ) -> None:

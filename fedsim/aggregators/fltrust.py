@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+from fedsim.schema import PositiveInt
 
 
 def fltrust(updates: Tensor, server_update: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,7 +53,7 @@ class FLTrust(Aggregator):
             reference used 10); None = the whole auxiliary set.
     """
 
-    def __init__(self, root_per_class: Optional[int] = 10) -> None:
+    def __init__(self, root_per_class: Optional[PositiveInt] = 10) -> None:
         if root_per_class is not None and root_per_class < 1:
             raise ValueError(f"aggregator.root_per_class must be >= 1 or null, got {root_per_class}")
         self.root_per_class = root_per_class

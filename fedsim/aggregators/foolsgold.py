@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+from fedsim.schema import PositiveFloat
 from fedsim.aggregators.functional import clip_to_norm
 
 REDUCTIONS = ("sum", "mean")
@@ -91,8 +92,8 @@ class FoolsGold(Aggregator):
 
     def __init__(
         self,
-        kappa: float = 1.0,
-        max_norm: Optional[float] = 1.0,
+        kappa: PositiveFloat = 1.0,
+        max_norm: Optional[PositiveFloat] = 1.0,
         reduction: Literal["sum", "mean"] = "sum",
     ) -> None:
         if kappa <= 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+from fedsim.schema import NonNegativeFloat, PositiveFloat, PositiveInt
 from fedsim.aggregators.functional import geometric_median
 
 
@@ -24,7 +25,7 @@ class GeometricMedian(Aggregator):
         tol: stop when the objective improves by less than ``tol`` times its value.
     """
 
-    def __init__(self, max_iter: int = 100, nu: float = 1e-6, tol: float = 1e-6) -> None:
+    def __init__(self, max_iter: PositiveInt = 100, nu: PositiveFloat = 1e-6, tol: NonNegativeFloat = 1e-6) -> None:
         if max_iter < 1:
             raise ValueError(f"aggregator.max_iter must be >= 1, got {max_iter}")
         if nu <= 0:

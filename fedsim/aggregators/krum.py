@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+from fedsim.schema import NonNegativeInt, PositiveInt
 from fedsim.aggregators.functional import multi_krum_select, weighted_mean
 
 
@@ -45,7 +46,7 @@ class Krum(Aggregator):
         f: the number of Byzantine clients tolerated per round (needs ``n > 2f + 2``).
     """
 
-    def __init__(self, f: int = 10) -> None:
+    def __init__(self, f: NonNegativeInt = 10) -> None:
         _check_f(f)
         self.f = f
 
@@ -67,7 +68,7 @@ class MultiKrum(Aggregator):
         m: how many updates to average; ``None`` means ``n - f``.
     """
 
-    def __init__(self, f: int = 10, m: Optional[int] = None) -> None:
+    def __init__(self, f: NonNegativeInt = 10, m: Optional[PositiveInt] = None) -> None:
         _check_f(f)
         if m is not None and m < 1:
             raise ValueError(f"aggregator.m must be >= 1 or null (= n - f), got {m}")

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+from fedsim.schema import UnitIntervalOpenLow
 from fedsim.aggregators.flame import check_global_weights
 from fedsim.aggregators.functional import cosine_distances_from_gram, gram64, weighted_mean
 
@@ -113,7 +114,7 @@ class MultiMetrics(Aggregator):
             compared across clients).
     """
 
-    def __init__(self, keep: float = 0.3, variant: Literal["reference", "paper"] = "reference") -> None:
+    def __init__(self, keep: UnitIntervalOpenLow = 0.3, variant: Literal["reference", "paper"] = "reference") -> None:
         if not 0 < keep <= 1:
             raise ValueError(f"aggregator.keep must be in (0, 1], got {keep}")
         if variant not in VARIANTS:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
+from fedsim.schema import PositiveFloat, PositiveInt
 from fedsim.aggregators.functional import rlr_learning_rates, weighted_mean
 
 
@@ -26,7 +27,7 @@ class RLR(Aggregator):
         server_lr: the server learning rate eta (> 0).
     """
 
-    def __init__(self, threshold: int = 6, server_lr: float = 1.0) -> None:
+    def __init__(self, threshold: PositiveInt = 6, server_lr: PositiveFloat = 1.0) -> None:
         if threshold < 1:
             raise ValueError(f"aggregator.threshold must be >= 1, got {threshold}")
         if server_lr <= 0:

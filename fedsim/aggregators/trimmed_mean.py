@@ -13,6 +13,9 @@ from torch import Tensor
 
 from fedsim.aggregators.base import AggregationResult, Aggregator, RoundContext
 from fedsim.aggregators.functional import trimmed_mean
+from fedsim.schema import bounded
+
+Beta = bounded(float, 0, 0.5, high_open=True)  # the trimmed share of each end
 
 
 class TrimmedMean(Aggregator):
@@ -23,7 +26,7 @@ class TrimmedMean(Aggregator):
             ``beta * n`` should be at least the number of attackers per round.
     """
 
-    def __init__(self, beta: float = 0.1) -> None:
+    def __init__(self, beta: Beta = 0.1) -> None:
         if not 0 <= beta < 0.5:
             raise ValueError(f"aggregator.beta must be in [0, 0.5), got {beta}")
         self.beta = beta

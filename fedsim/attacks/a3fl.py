@@ -53,7 +53,8 @@ from torch import Tensor, nn
 
 from fedsim.attacks.base import AttackContext, ClientContext
 from fedsim.attacks.poison import TargetedPoison
-from fedsim.attacks.triggers import CORNERS, box_origin, patch_mask
+from fedsim.attacks.triggers import CORNERS, Corner, box_origin, patch_mask
+from fedsim.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 
 
 class A3FL(TargetedPoison):
@@ -83,21 +84,21 @@ class A3FL(TargetedPoison):
 
     def __init__(
         self,
-        target: int = 5,
-        source_class: Optional[int] = None,
-        poison_fraction: float = 0.5,
-        size: Optional[int] = None,
-        position: Union[str, tuple[int, int]] = "bottom_right",
-        margin: Optional[int] = None,
-        init_value: float = 0.5,
-        steps: int = 10,
-        trigger_lr: float = 0.01,
-        lam: float = 0.01,
-        adv_every: int = 2,
-        adv_epochs: int = 1,
-        adv_lr: float = 0.01,
-        max_samples: Optional[int] = 512,
-        batch_size: int = 64,
+        target: NonNegativeInt = 5,
+        source_class: Optional[NonNegativeInt] = None,
+        poison_fraction: UnitInterval = 0.5,
+        size: Optional[PositiveInt] = None,
+        position: Union[Corner, tuple[int, int]] = "bottom_right",
+        margin: Optional[NonNegativeInt] = None,
+        init_value: UnitInterval = 0.5,
+        steps: NonNegativeInt = 10,
+        trigger_lr: PositiveFloat = 0.01,
+        lam: NonNegativeFloat = 0.01,
+        adv_every: PositiveInt = 2,
+        adv_epochs: PositiveInt = 1,
+        adv_lr: PositiveFloat = 0.01,
+        max_samples: Optional[PositiveInt] = 512,
+        batch_size: PositiveInt = 64,
     ) -> None:
         super().__init__(target, source_class, poison_fraction)
         if size is not None and size < 1:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from fedsim.attacks.base import AttackContext, ClientContext, DataPoison, ModelPoison
 from fedsim.attacks.schedule import Schedule
+from fedsim.schema import PositiveFloat, PositiveInt
 
 
 class Attack:
@@ -34,8 +35,8 @@ class Attack:
         data: Optional[DataPoison] = None,
         model: Optional[list[ModelPoison]] = None,
         schedule: Optional[Schedule] = None,
-        lr: Optional[float] = None,
-        epochs: Optional[int] = None,
+        lr: Optional[PositiveFloat] = None,
+        epochs: Optional[PositiveInt] = None,
     ) -> None:
         if data is not None and not isinstance(data, DataPoison):
             raise ValueError(f"attack.data must be a DataPoison or None, got {type(data).__name__}")

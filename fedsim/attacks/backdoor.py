@@ -27,6 +27,8 @@ from fedsim.attacks.poison import TargetedPoison
 from fedsim.attacks.triggers import (
     CORNERS,
     PATTERNS,
+    Corner,
+    Pattern,
     blend,
     box_origin,
     patch_mask,
@@ -35,6 +37,7 @@ from fedsim.attacks.triggers import (
     stripe_masks,
 )
 from fedsim.runtime.seeding import generator
+from fedsim.schema import NonNegativeInt, PositiveInt, UnitInterval, UnitIntervalOpenLow
 
 
 def _check_value(owner: str, value: float) -> None:
@@ -66,14 +69,14 @@ class BadNets(TargetedPoison):
 
     def __init__(
         self,
-        target: int = 5,
-        source_class: Optional[int] = None,
-        poison_fraction: float = 0.5,
-        size: Optional[int] = None,
-        position: Union[str, tuple[int, int]] = "bottom_right",
-        margin: Optional[int] = None,
-        value: float = 1.0,
-        pattern: str = "square",
+        target: NonNegativeInt = 5,
+        source_class: Optional[NonNegativeInt] = None,
+        poison_fraction: UnitInterval = 0.5,
+        size: Optional[PositiveInt] = None,
+        position: Union[Corner, tuple[int, int]] = "bottom_right",
+        margin: Optional[NonNegativeInt] = None,
+        value: UnitInterval = 1.0,
+        pattern: Pattern = "square",
     ) -> None:
         super().__init__(target, source_class, poison_fraction)
         _check_positive("BadNets", "size", size)
@@ -122,10 +125,10 @@ class Blended(TargetedPoison):
 
     def __init__(
         self,
-        target: int = 5,
-        source_class: Optional[int] = None,
-        poison_fraction: float = 0.5,
-        alpha: float = 0.2,
+        target: NonNegativeInt = 5,
+        source_class: Optional[NonNegativeInt] = None,
+        poison_fraction: UnitInterval = 0.5,
+        alpha: UnitIntervalOpenLow = 0.2,
         pattern: str = "random",
     ) -> None:
         super().__init__(target, source_class, poison_fraction)
@@ -169,16 +172,16 @@ class DBA(TargetedPoison):
 
     def __init__(
         self,
-        target: int = 5,
-        source_class: Optional[int] = None,
-        poison_fraction: float = 0.5,
-        num_parts: int = 4,
-        length: Optional[int] = None,
-        col_step: Optional[int] = None,
-        row_step: Optional[int] = None,
-        top: int = 0,
-        left: int = 0,
-        value: float = 1.0,
+        target: NonNegativeInt = 5,
+        source_class: Optional[NonNegativeInt] = None,
+        poison_fraction: UnitInterval = 0.5,
+        num_parts: PositiveInt = 4,
+        length: Optional[PositiveInt] = None,
+        col_step: Optional[PositiveInt] = None,
+        row_step: Optional[PositiveInt] = None,
+        top: NonNegativeInt = 0,
+        left: NonNegativeInt = 0,
+        value: UnitInterval = 1.0,
     ) -> None:
         super().__init__(target, source_class, poison_fraction)
         steps = {"num_parts": num_parts, "length": length, "col_step": col_step, "row_step": row_step}

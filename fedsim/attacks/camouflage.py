@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from fedsim.attacks.base import AttackContext, ClientContext, ModelPoison
 from fedsim.attacks.layers import check_layer, per_neuron, resolve
 from fedsim.attacks.dormancy import lowest
+from fedsim.schema import NonNegativeFloat, UnitIntervalOpenLow
 
 
 class ActivationCamouflage(ModelPoison):
@@ -50,7 +51,7 @@ class ActivationCamouflage(ModelPoison):
             first, on which the term acts, in (0, 1] (1: every neuron).
     """
 
-    def __init__(self, layer: str = "fc1", lam: float = 1.0, dormant_fraction: float = 0.5) -> None:
+    def __init__(self, layer: str = "fc1", lam: NonNegativeFloat = 1.0, dormant_fraction: UnitIntervalOpenLow = 0.5) -> None:
         if not isinstance(layer, str) or not layer:
             raise ValueError(f"ActivationCamouflage.layer must be a layer name, got {layer!r}")
         if not lam >= 0:

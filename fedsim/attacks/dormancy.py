@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from fedsim.attacks.base import AttackContext, ClientContext, ModelPoison
 from fedsim.attacks.layers import check_layer, mean_activations
 from fedsim.attacks.schedule import fraction_count
+from fedsim.schema import PositiveInt, UnitIntervalOpenHigh
 
 
 class DormancyAware(ModelPoison):
@@ -68,8 +69,8 @@ class DormancyAware(ModelPoison):
         batch_size: batch size of the measuring forward passes.
     """
 
-    def __init__(self, layers: Union[str, Sequence[str]] = ("fc1",), dormant_fraction: float = 0.5,
-                 batch_size: int = 512) -> None:
+    def __init__(self, layers: Union[str, Sequence[str]] = ("fc1",), dormant_fraction: UnitIntervalOpenHigh = 0.5,
+                 batch_size: PositiveInt = 512) -> None:
         layers = [layers] if isinstance(layers, str) else list(layers)
         if not layers or not all(isinstance(n, str) and n for n in layers):
             raise ValueError(f"DormancyAware.layers must be a non-empty list of layer names, got {layers!r}")

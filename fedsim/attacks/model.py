@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from fedsim.attacks.base import ClientContext, ModelPoison
 from fedsim.attacks.schedule import fraction_count
 from fedsim.params import ParamLayout
+from fedsim.schema import PositiveFloat, PositiveInt, UnitIntervalOpenHigh
 
 
 def _weights_with(model: nn.Module, layout: ParamLayout, vec: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
@@ -41,7 +42,7 @@ class Scaling(ModelPoison):
         gamma: scale factor > 0; None: cohort size / server learning rate (model replacement).
     """
 
-    def __init__(self, gamma: Optional[float] = None) -> None:
+    def __init__(self, gamma: Optional[PositiveFloat] = None) -> None:
         if gamma is not None and not gamma > 0:
             raise ValueError(f"Scaling.gamma must be > 0 or None, got {gamma}")
         self.gamma = gamma
@@ -64,7 +65,7 @@ class PGD(ModelPoison):
         every: project after every this many local steps.
     """
 
-    def __init__(self, eps: float, every: int = 1) -> None:
+    def __init__(self, eps: PositiveFloat, every: PositiveInt = 1) -> None:
         if not eps > 0:
             raise ValueError(f"PGD.eps must be > 0, got {eps}")
         if every < 1:
@@ -108,7 +109,7 @@ class Neurotoxin(ModelPoison):
         top_k: fraction of coordinates (largest |previous global update|) left alone, in [0, 1).
     """
 
-    def __init__(self, top_k: float = 0.1) -> None:
+    def __init__(self, top_k: UnitIntervalOpenHigh = 0.1) -> None:
         if not 0.0 <= top_k < 1.0:
             raise ValueError(f"Neurotoxin.top_k must be in [0, 1), got {top_k}")
         self.top_k = top_k

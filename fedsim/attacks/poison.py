@@ -28,6 +28,7 @@ from torch import Tensor
 
 from fedsim.attacks.base import AttackContext, ClientContext, DataPoison
 from fedsim.attacks.schedule import fraction_count
+from fedsim.schema import NonNegativeInt, UnitInterval
 
 
 def _check_class(owner: str, name: str, value: Optional[int]) -> None:
@@ -45,7 +46,8 @@ class TargetedPoison(DataPoison):
     """
 
     def __init__(
-        self, target: int = 5, source_class: Optional[int] = None, poison_fraction: float = 0.5
+        self, target: NonNegativeInt = 5, source_class: Optional[NonNegativeInt] = None,
+        poison_fraction: UnitInterval = 0.5,
     ) -> None:
         name = type(self).__name__
         _check_class(name, "target", target)
@@ -110,7 +112,8 @@ class LabelFlip(TargetedPoison):
         poison_fraction: share of each batch's source-class samples to flip, in [0, 1].
     """
 
-    def __init__(self, source_class: int = 0, target: int = 5, poison_fraction: float = 1.0) -> None:
+    def __init__(self, source_class: NonNegativeInt = 0, target: NonNegativeInt = 5,
+                 poison_fraction: UnitInterval = 1.0) -> None:
         if source_class is None:
             raise ValueError("LabelFlip.source_class must be a non-negative int, got None")
         super().__init__(target=target, source_class=source_class, poison_fraction=poison_fraction)
@@ -127,7 +130,8 @@ class EdgeCase(TargetedPoison):
         poison_fraction: share of each batch's edge-case samples to relabel, in [0, 1].
     """
 
-    def __init__(self, classes: list[int], target: int = 5, poison_fraction: float = 1.0) -> None:
+    def __init__(self, classes: list[NonNegativeInt], target: NonNegativeInt = 5,
+                 poison_fraction: UnitInterval = 1.0) -> None:
         super().__init__(target=target, source_class=None, poison_fraction=poison_fraction)
         if not classes:
             raise ValueError("EdgeCase.classes must be a non-empty list of class indices, got []")

@@ -21,15 +21,17 @@ including ``end_round``.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import torch
 from torch import Tensor
 
 from fedsim.attacks.base import AttackContext
 from fedsim.runtime.seeding import generator
+from fedsim.schema import NonNegativeInt, PositiveInt, UnitInterval
 
-MODES = ("per_round", "fixed", "redraw")
+Mode = Literal["per_round", "fixed", "redraw"]
+MODES = get_args(Mode)
 
 
 def fraction_count(fraction: float, n: int) -> int:
@@ -52,12 +54,12 @@ class Schedule:
 
     def __init__(
         self,
-        mcr: float = 0.2,
-        mode: str = "per_round",
-        start_round: int = 0,
-        end_round: Optional[int] = None,
-        every: int = 1,
-        rounds: Optional[list[int]] = None,
+        mcr: UnitInterval = 0.2,
+        mode: Mode = "per_round",
+        start_round: NonNegativeInt = 0,
+        end_round: Optional[NonNegativeInt] = None,
+        every: PositiveInt = 1,
+        rounds: Optional[list[NonNegativeInt]] = None,
     ) -> None:
         if not 0.0 <= mcr <= 1.0:
             raise ValueError(f"schedule.mcr must be in [0, 1], got {mcr}")

@@ -14,11 +14,15 @@ blend pattern ``[C, H, W]``. Shapes follow the papers and the public reference c
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
-CORNERS = ("bottom_right", "bottom_left", "top_left", "top_right", "center")
-PATTERNS = ("square", "plus", "checkerboard")
+Corner = Literal["bottom_right", "bottom_left", "top_left", "top_right", "center"]
+Pattern = Literal["square", "plus", "checkerboard"]
+CORNERS = get_args(Corner)
+PATTERNS = get_args(Pattern)
 
 
 def box_origin(

@@ -15,16 +15,20 @@ from __future__ import annotations
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal, Optional
 
 import numpy as np
 import torch
 import torchvision.datasets as tvd
 from torch import Tensor
 
+from fedsim.schema import PositiveInt, bounded
+
 __all__ = ["Split", "DatasetSplits", "Dataset", "EmbeddedMNIST", "MNIST", "FashionMNIST", "EMNIST", "CIFAR10"]
 
 Raw = tuple[Tensor, Tensor]  # (uint8 [N, C, H, W], int64 [N])
+EmnistSplit = Literal["byclass", "bymerge", "balanced", "letters", "digits", "mnist"]
+TestPerClass = bounded(int, 1, 499)
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +87,7 @@ class Dataset:
     std: ClassVar[tuple[float, ...]] = ()
     num_classes: int = 10
 
-    def __init__(self, limit_train: int | None = None, limit_test: int | None = None) -> None:
+    def __init__(self, limit_train: Optional[PositiveInt] = None, limit_test: Optional[PositiveInt] = None) -> None:
         self.limit_train = _check_limit("limit_train", limit_train)
         self.limit_test = _check_limit("limit_test", limit_test)
 
@@ -125,7 +129,8 @@ class EmbeddedMNIST(Dataset):
     std = (0.3081,)
 
     def __init__(
-        self, test_per_class: int = 100, limit_train: int | None = None, limit_test: int | None = None
+        self, test_per_class: TestPerClass = 100, limit_train: Optional[PositiveInt] = None,
+        limit_test: Optional[PositiveInt] = None,
     ) -> None:
         super().__init__(limit_train, limit_test)
         if not 1 <= test_per_class <= 499:
@@ -168,8 +173,8 @@ class _Torchvision(Dataset):
         self,
         data_dir: str = "data",
         download: bool = False,
-        limit_train: int | None = None,
-        limit_test: int | None = None,
+        limit_train: Optional[PositiveInt] = None,
+        limit_test: Optional[PositiveInt] = None,
     ) -> None:
         super().__init__(limit_train, limit_test)
         self.data_dir = data_dir
@@ -247,9 +252,9 @@ class EMNIST(_Torchvision):
         self,
         data_dir: str = "data",
         download: bool = False,
-        split: str = "digits",
-        limit_train: int | None = None,
-        limit_test: int | None = None,
+        split: EmnistSplit = "digits",
+        limit_train: Optional[PositiveInt] = None,
+        limit_test: Optional[PositiveInt] = None,
     ) -> None:
         super().__init__(data_dir, download, limit_train, limit_test)
         if split not in tvd.EMNIST.splits:

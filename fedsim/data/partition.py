@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fedsim.schema import PositiveFloat, PositiveInt
+
 __all__ = ["Partitioner", "IID", "Dirichlet", "Shards", "client_sizes"]
 
 
@@ -77,7 +79,7 @@ class Dirichlet(Partitioner):
         max_tries: how many draws to attempt before giving up with an error.
     """
 
-    def __init__(self, alpha: float = 0.5, min_size: int = 1, max_tries: int = 100) -> None:
+    def __init__(self, alpha: PositiveFloat = 0.5, min_size: PositiveInt = 1, max_tries: PositiveInt = 100) -> None:
         if not alpha > 0:
             raise ValueError(f"partition.alpha must be > 0, got {alpha}")
         if min_size < 1:
@@ -137,7 +139,7 @@ class Shards(Partitioner):
         classes_per_client: shards per client, >= 1 (2 in McMahan et al.).
     """
 
-    def __init__(self, classes_per_client: int = 2) -> None:
+    def __init__(self, classes_per_client: PositiveInt = 2) -> None:
         if classes_per_client < 1:
             raise ValueError(f"partition.classes_per_client must be >= 1, got {classes_per_client}")
         self.classes_per_client = int(classes_per_client)

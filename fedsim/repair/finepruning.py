@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from fedsim.posttrain import PostTrainingDefense
 from fedsim.repair.channels import accuracy, find_layer, mean_activation, rank_channels, zero_channels
 from fedsim.repair.finetune import scratch_model, train_on_aux
+from fedsim.schema import NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 
 
 class FinePruning(PostTrainingDefense):
@@ -45,9 +46,9 @@ class FinePruning(PostTrainingDefense):
 
     name = "fine_pruning"
 
-    def __init__(self, layer: str | None = None, tolerance: float = 0.05, max_prune_ratio: float = 0.8,
-                 step: int = 1, finetune_epochs: int = 1, finetune_lr: float = 0.01,
-                 batch_size: int = 64, apply: bool = True) -> None:
+    def __init__(self, layer: str | None = None, tolerance: UnitInterval = 0.05, max_prune_ratio: UnitInterval = 0.8,
+                 step: PositiveInt = 1, finetune_epochs: NonNegativeInt = 1, finetune_lr: PositiveFloat = 0.01,
+                 batch_size: PositiveInt = 64, apply: bool = True) -> None:
         super().__init__(apply=apply)
         if not 0 <= tolerance <= 1:
             raise ValueError(f"fine_pruning.tolerance must be in [0, 1], got {tolerance!r}")

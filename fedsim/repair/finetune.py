@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedsim.clients import OPTIMIZERS, make_optimizer
+from fedsim.clients import OPTIMIZERS, Optimizer, make_optimizer
 from fedsim.posttrain import PostTrainingDefense
 from fedsim.runtime.seeding import derive_seed, generator, seeded_global_rng
+from fedsim.schema import NonNegativeInt, PositiveFloat, PositiveInt, UnitIntervalOpenHigh
 
 
 @contextmanager
@@ -83,8 +84,8 @@ class FineTuning(PostTrainingDefense):
 
     name = "fine_tuning"
 
-    def __init__(self, epochs: int = 5, lr: float = 0.01, momentum: float = 0.9,
-                 batch_size: int = 64, optimizer: str = "sgd", apply: bool = True) -> None:
+    def __init__(self, epochs: NonNegativeInt = 5, lr: PositiveFloat = 0.01, momentum: UnitIntervalOpenHigh = 0.9,
+                 batch_size: PositiveInt = 64, optimizer: Optimizer = "sgd", apply: bool = True) -> None:
         super().__init__(apply=apply)
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"fine_tuning.epochs must be an int >= 0, got {epochs!r}")

@@ -27,6 +27,7 @@ from fedsim.posttrain import PostTrainingDefense
 from fedsim.repair.channels import find_layer, mean_activation, zero_channels
 from fedsim.repair.finetune import scratch_model
 from fedsim.runtime.seeding import generator
+from fedsim.schema import PositiveInt, UnitInterval
 
 
 def dormant_sets(activation: Tensor, k: int) -> Tensor:
@@ -54,7 +55,7 @@ class FLPruning(PostTrainingDefense):
 
     name = "fl_pruning"
 
-    def __init__(self, layer: str | None = None, num_voters: int = 10, prune_ratio: float = 0.3,
+    def __init__(self, layer: str | None = None, num_voters: PositiveInt = 10, prune_ratio: UnitInterval = 0.3,
                  apply: bool = True) -> None:
         super().__init__(apply=apply)
         if not isinstance(num_voters, int) or num_voters < 1:
