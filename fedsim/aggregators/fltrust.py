@@ -12,7 +12,9 @@ reference scripts used 10 per class of their validation set), the same random on
 (``generator(seed, "root")``). They reach the rule through ``ServerContext`` at ``connect``, and
 the rule trains its server model itself every round: ``fedsim.clients.local_train`` from the
 global model with the clients' settings and the streams of client id -1
-(``(seed, round, -1)``).
+(``(seed, round, -1)``). Its model is one copy (``ServerContext.make_model``, made on first use);
+every round loads the whole global vector into it (weights and float buffers) and starts a fresh
+optimizer, so each round trains exactly as on a fresh copy of the global model.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class FLTrust(Aggregator):
         if root_per_class is not None and root_per_class < 1:
             raise ValueError(f"aggregator.root_per_class must be >= 1 or null, got {root_per_class}")
         self.root_per_class = root_per_class
-        self._model = None
+        self.root_x = self.root_y = self._model = None
 
     def connect(self, ctx: ServerContext) -> None:
         """Takes the root set from the auxiliary set; fails before training when it asks for
@@ -92,15 +94,17 @@ class FLTrust(Aggregator):
             keep = root_mask(y, self.root_per_class, ctx.seed).to(ctx.device)
             x, y = x[keep], y[keep]
         self.root_x, self.root_y = x, y
-        self._model = ctx.make_model()
+        self._model = None  # made on first use: only the rank that aggregates needs it
 
     def server_update(self, ctx: RoundContext) -> Tensor:
         """g0: the server's model trained from the global model on the root set (the clients'
         settings, client id -1's streams of this round); its trainable-weight update ``[d]``."""
-        if self._model is None or ctx.global_params is None:
+        if getattr(self, "root_x", None) is None or ctx.global_params is None:
             raise ValueError("FLTrust needs the server's root data: connect() it with a ServerContext that has "
                              "the auxiliary set, and give RoundContext.global_params")
         c = self.ctx
+        if self._model is None:
+            self._model = c.make_model()
         res = local_train(model=self._model, layout=c.layout, global_params=ctx.global_params, x=self.root_x,
                           y=self.root_y, config=c.client, seed=c.seed, round=ctx.round, client_id=-1,
                           normalize=c.normalize)
