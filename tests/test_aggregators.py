@@ -233,6 +233,16 @@ def test_fltrust_needs_server_root_data():
         FLTrust(root_per_class=1).connect(ServerContext(None, torch.device("cpu"), 4, 0, aux_per_class=2))
 
 
+def test_detection_scores_by_hand():
+    from fedsim.metrics import detection
+
+    accepted = T([True, False, False, True, True, False])
+    malicious = T([False, True, False, False, True, False])
+    # rejected: 1, 2, 5; attackers 1 and 4 -> 1 of 2 caught; honest 0, 2, 3, 5 -> 2 of 4 rejected
+    assert detection(accepted, malicious) == {"detect/accepted": 3, "detect/fpr": 0.5, "detect/tpr": 0.5}
+    assert "detect/tpr" not in detection(accepted, torch.zeros(6, dtype=torch.bool))  # no attacker
+
+
 def test_fltrust_root_set_is_per_class_and_seeded():
     y = torch.arange(5).repeat_interleave(6)[torch.randperm(30, generator=torch.Generator().manual_seed(1))]
     mask = root_mask(y, 2, seed=0)

@@ -28,6 +28,8 @@ def test_readme_plugins_run_from_a_file_outside_the_package(tmp_path, monkeypatc
     summary = main(["--config", str(TINY), "--config", str(tmp_path / "plugins.yaml"),
                     "--run_dir", str(tmp_path / "run"), "--fed.rounds", "2"])
     assert summary["shrink"]["alpha"] == 0.9 and summary["final"]["model"] == "shrink"
+    # ctx.evaluate (this rank alone) gives exactly the base class's collective "after" figure
+    assert summary["shrink"]["aux_acc_check"] == summary["shrink"]["aux_acc_after"]
     assert 0 <= summary["trained"]["acc"] <= 1
     with open(tmp_path / "run" / "metrics.csv") as f:
         assert "clipped_share" in f.readline()  # the aggregator's own metric was logged
