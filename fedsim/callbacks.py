@@ -7,6 +7,11 @@ Hooks (all optional, each receives the Fabric object and the simulation):
     on_train_end(fabric, simulation)             after the last round; post-training defenses
                                                  (FLAIN, fine-pruning, ...) live here
 
+A post-training defense subclasses ``fedsim.posttrain.PostTrainingDefense`` instead: its
+``on_train_end`` is written once in the base class, and the defense itself implements only
+``repair(ctx)`` on the frozen ``PostTrainContext`` (and optionally ``validate(setup)``), never
+touching the simulation.
+
 Rule: every hook runs on every rank (so it may call collectives); side effects such as logging
 or writing files happen on rank 0 only (``fabric.is_global_zero``). In ``on_round_end`` the
 evaluation metrics (acc, asr, ...) are the same on every rank, but the aggregator's metrics

@@ -27,7 +27,9 @@ from fedsim.clients import ClientConfig
 from fedsim.data import Dataset, EmbeddedMNIST, IID, Partitioner, build_federated
 from fedsim.loggers import LoggerConfig, RunLogger, utc_now
 from fedsim.models import MnistCNN, Model
+from fedsim.posttrain import SetupContext, validate_defenses
 from fedsim.runtime import dist
+from fedsim.runtime.checkpoint import TRAJECTORY_KEYS, trajectory  # noqa: F401  (trajectory: re-exported)
 from fedsim.runtime.gitstate import git_state
 from fedsim.runtime.rundir import RunDirError, RunLock, check_run_dir, clear_results
 from fedsim.runtime.seeding import derive_seed
@@ -125,6 +127,9 @@ def prepare(args: Optional[list[str]] = None):
 def execute(parser: ArgumentParser, cfg, init) -> dict:
     """Builds the federation and the Fabric processes from a prepared config, then runs it."""
     callbacks = init.callbacks or []
+    # every post-training defense checks its settings before any process, data or round
+    validate_defenses(callbacks, SetupContext.of(init.model, init.data.num_classes, init.fed.aux_per_class,
+                                                 init.fed.rounds, cfg.seed))
     started = utc_now()
     _set_threads(cfg.threads)
     _check_accelerator(cfg.accelerator)
@@ -155,9 +160,6 @@ def _execute(parser, cfg, init, fabric, callbacks, run_dir: Path, started: str) 
     splits = init.data.load()
     data = build_federated(splits, init.partition, init.fed.num_clients, init.fed.aux_per_class, cfg.seed)
     _check_model(init.model, data)
-    for cb in callbacks:
-        if hasattr(cb, "validate"):
-            cb.validate(init.model)
     prov = provenance(cfg, fabric, started)
     logger = RunLogger(init.logger, run_dir, fabric.is_global_zero, run_config={**cfg.as_dict(), "provenance": prov})
     sim = Simulation(fabric, data, init.model,
@@ -199,28 +201,6 @@ def provenance(cfg, fabric, started: str) -> dict:
             "git": git_state(), "versions": {**versions, "python": platform.python_version()},
             "world_size": fabric.world_size, "threads_per_process": torch.get_num_threads(),
             "accelerator": fabric.device.type, "start": started}
-
-
-# Keys that may change between a checkpoint and its resume: more rounds, other evaluation and
-# checkpoint cadence, other post-training callbacks (FLAIN on a saved model), logging, hardware.
-RESUMABLE = {"fed": ("rounds", "eval_every", "checkpoint_every"), "data": ("data_dir", "download")}
-TRAJECTORY_KEYS = ("seed", "data", "partition", "model", "fed", "client", "aggregator", "attack")
-
-
-def trajectory(cfg) -> dict:
-    """The parts of a parsed config that determine the global model's trajectory, as plain
-    values; checkpoints store it and ``--resume`` refuses a different one."""
-    import json
-
-    plain = json.loads(json.dumps(cfg.as_dict(), default=str))
-    out = {key: plain.get(key) for key in TRAJECTORY_KEYS}
-    for key, free in RESUMABLE.items():
-        section = out.get(key) if isinstance(out.get(key), dict) else {}
-        args = section.get("init_args", section)  # a class's arguments, or a dataclass's fields
-        for name in free:
-            if isinstance(args, dict):
-                args.pop(name, None)
-    return out
 
 
 def _shutdown(fabric) -> None:

@@ -1,11 +1,18 @@
 """Honest local training, as a pure function of its inputs.
 
-``local_train(model, layout, global_params, data, config, seed_keys)`` gives the same update for
+``local_train(model=..., layout=..., global_params=..., x=..., y=..., config=..., seed=...,
+round=..., client_id=..., normalize=...)`` (keyword arguments only) gives the same update for
 the same (global model, client data, config, seed, round, client id) on any rank and in any
 process count: shuffling uses a generator seeded from (seed, round, client_id, "train"), and
-dropout draws from the global RNG, which is re-seeded from the same keys and restored afterwards
-(``seeded_global_rng``) so nothing leaks between clients. Batches are sliced from in-memory
-tensors (no DataLoader start-up per client). A malicious client is the same loop with an ``Attack``'s hooks switched on.
+dropout draws from the global RNG, which is re-seeded from (seed, round, client_id, "dropout") and
+restored afterwards (``seeded_global_rng``) so nothing leaks between clients. Batches are sliced
+from in-memory tensors (no DataLoader start-up per client). A malicious client is the same loop
+with an ``Attack``'s hooks switched on.
+
+The server trains with the same function: FLTrust's server update (client id -1, the default
+streams) and the post-training fine-tuning of ``fedsim.repair`` (its own ``TrainStreams`` keyed by
+(seed, defense name), an ``after_step`` hook that keeps pruned channels at zero, and per-epoch
+losses summed in float64).
 
 BatchNorm buffers: clients train in train mode, so their running statistics move; they travel in
 the update's buffer part (see ``fedsim.params``) and the server averages them by sample count.
@@ -13,7 +20,7 @@ the update's buffer part (see ``fedsim.params``) and the server averages them by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, get_args
 
 import torch
@@ -68,6 +75,21 @@ class ClientResult:
     update: Tensor  # [numel]: trained state - global state (weights and float buffers)
     num_samples: int
     loss: float  # mean training loss over the last epoch
+    epoch_losses: list[float] = field(default_factory=list)  # mean training loss of every epoch
+
+
+@dataclass(frozen=True)
+class TrainStreams:
+    """The keys of a training run's two random streams (``fedsim.runtime.seeding``): shuffling
+    draws from ``generator(*shuffle)``, dropout from the global RNG seeded with
+    ``derive_seed(*dropout)``. A client's are ``client_streams(seed, round, client_id)``."""
+
+    shuffle: tuple
+    dropout: tuple
+
+
+def client_streams(seed: int, round: int, client_id: int) -> TrainStreams:
+    return TrainStreams((seed, round, client_id, "train"), (seed, round, client_id, "dropout"))
 
 
 def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float):
@@ -90,6 +112,9 @@ def local_train(
     normalize: Callable[[Tensor], Tensor],
     attack=None,
     attack_ctx=None,
+    streams: Optional[TrainStreams] = None,
+    after_step: Optional[Callable[[nn.Module], None]] = None,
+    loss_dtype: torch.dtype = torch.float32,
 ) -> ClientResult:
     """Trains ``model`` from ``global_params`` on (x, y) and returns the update.
 
@@ -98,22 +123,31 @@ def local_train(
     only for a client that attacks in this round; its hooks run in the order ``before_training``,
     then per batch ``poison_batch``, ``extra_loss``, ``after_step``, then ``shape_update``
     (``fedsim.attacks.base``). Without an attack none of them is reached.
+
+    ``config.epochs`` epochs (an attack's own ``epochs`` replaces it). ``streams`` replaces the
+    client's random streams (server-side training); ``after_step(model)`` runs after every
+    optimizer step; ``loss_dtype`` is the dtype in which the batch losses are summed (float32 for
+    clients; the server's fine-tuning reports float64 sums). ``model`` ends in train mode and
+    holds the trained parameters.
     """
     layout.load(model, global_params)
     model.train()
     lr = attack.lr if attack is not None and attack.lr is not None else config.lr
     epochs = attack.epochs if attack is not None and attack.epochs is not None else config.epochs
     opt = make_optimizer(model.parameters(), config.optimizer, lr, config.momentum, config.weight_decay)
-    gen = generator(seed, round, client_id, "train")
+    streams = streams or client_streams(seed, round, client_id)
+    gen = generator(*streams.shuffle)
     n, bs = len(y), config.batch_size
+    epoch_losses: list[float] = []
     # the global RNG is restored afterwards (the GPU's too when training on one)
-    with seeded_global_rng(derive_seed(seed, round, client_id, "dropout"), x.device):
+    with seeded_global_rng(derive_seed(*streams.dropout), x.device):
         if attack is not None:  # adaptive attacks look at the global model and the clean data
             attack.before_training(model, x, y, normalize, attack_ctx, generator(seed, round, client_id, "attack"))
             model.train()
         for _ in range(epochs):
             perm = torch.randperm(n, generator=gen).to(x.device)
-            total = torch.zeros((), device=x.device)
+            # float64 sums live on the CPU (MPS has no float64); float32 ones stay on the device
+            total = torch.zeros((), dtype=loss_dtype, device="cpu" if loss_dtype == torch.float64 else x.device)
             for start in range(0, n, bs):
                 idx = perm[start : start + bs]
                 xb, yb = x[idx], y[idx]
@@ -130,12 +164,15 @@ def local_train(
                 opt.step()
                 if attack is not None:
                     attack.after_step(model, attack_ctx)
-                total += ce.detach() * len(idx)
+                if after_step is not None:
+                    after_step(model)
+                total += ce.detach().to(total.device, loss_dtype) * len(idx)
+            epoch_losses.append(float(total) / max(n, 1))
     update = layout.flatten(model) - global_params
     if attack is not None:
         w = layout.num_weights
         update[:w] = attack.shape_update(update[:w], attack_ctx)
-    return ClientResult(update, n, float(total) / max(n, 1))
+    return ClientResult(update, n, epoch_losses[-1] if epoch_losses else float("nan"), epoch_losses)
 
 
 def _changed(x0: Tensor, y0: Tensor, x: Tensor, y: Tensor) -> Tensor:

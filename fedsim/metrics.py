@@ -8,6 +8,9 @@
   already belong to the target class is a known pitfall (it inflates the ASR by the clean
   accuracy on the target class, as BackdoorBench's metric definitions point out) that this excludes.
 - Auxiliary accuracy: clean accuracy on the server's auxiliary set (what FLAIN may look at).
+- Detection (rules that accept or reject clients, ``detection``): ``detect/tpr`` = share of the
+  round's attackers rejected, ``detect/fpr`` = share of honest clients rejected,
+  ``detect/accepted`` = clients kept; the truth is the attack schedule's.
 
 The ``*_counts`` functions return sums, so ranks can each evaluate a shard and add them up.
 """
@@ -93,3 +96,16 @@ def summarize_clean(conf: Tensor, loss: Tensor) -> dict:
 
 def rate(hits: Tensor) -> float:
     return float(hits[0] / hits[1].clamp_min(1))
+
+
+def detection(accepted: Tensor, malicious: Tensor) -> dict[str, float]:
+    """Detection scores of a rule that accepts/rejects clients (bool ``[n]`` each), against the
+    schedule's truth: ``detect/accepted``, ``detect/fpr`` and, when the round had attackers,
+    ``detect/tpr``."""
+    rejected = ~accepted
+    tp = int((rejected & malicious).sum())
+    fp = int((rejected & ~malicious).sum())
+    out = {"detect/accepted": int(accepted.sum()), "detect/fpr": fp / max(int((~malicious).sum()), 1)}
+    if malicious.any():
+        out["detect/tpr"] = tp / int(malicious.sum())
+    return out

@@ -11,6 +11,14 @@
       LOG        rank 0: metrics.csv / W&B, progress bar, atomic checkpoint
     after the last round: callbacks' on_train_end (FLAIN and other post-training defenses)
 
+The plug-ins see frozen contexts, never this class: an aggregator ``ServerContext`` once at
+``connect`` (layout, device, the server's auxiliary set, the clients' settings, a model factory:
+FLTrust trains its server model from them) and a ``RoundContext`` per round; an attack
+``AttackContext`` and a ``ClientContext`` per malicious client; a post-training defense a
+``PostTrainContext`` (``posttrain_context``, built once after the last round). Detection scores
+come from ``fedsim.metrics.detection``; the checkpoint's schema and resume checks live in
+``fedsim.runtime.checkpoint``.
+
 Rows are sorted by client id before aggregation, so the aggregator sees the same matrix in the
 same order for any number of processes: 1 process and N processes give the same model.
 """
@@ -34,11 +42,12 @@ from fedsim.attacks.base import AttackContext, ClientContext
 from fedsim.callbacks import Callback
 from fedsim.clients import ClientConfig, local_train
 from fedsim.loggers import LoggerConfig, RunLogger, utc_now
-from fedsim.metrics import (clean_counts, eval_batch_size, ordered_sum, rate, shard_batches,
+from fedsim.metrics import (clean_counts, detection, eval_batch_size, ordered_sum, rate, shard_batches,
                             summarize_clean, target_hits)
 from fedsim.params import ParamLayout
+from fedsim.posttrain import PostTrainContext
 from fedsim.runtime import dist
-from fedsim.runtime.checkpoint import load_checkpoint, save_atomic, validate_state, with_digest
+from fedsim.runtime.checkpoint import checkpoint_state, resume_state, save_atomic
 from fedsim.runtime.seeding import generator
 from fedsim.schema import AboveOne, NonNegativeInt, PositiveInt, UnitIntervalOpenLow
 
@@ -109,7 +118,8 @@ class SimulationConfig:
     seed: int
     run_dir: Path
     # The configuration that determines the training trajectory (top-level key -> plain value),
-    # saved in checkpoints; resuming with a different one is refused (``fedsim.cli.trajectory``).
+    # saved in checkpoints; resuming with a different one is refused
+    # (``fedsim.runtime.checkpoint.trajectory`` / ``check_fingerprint``).
     fingerprint: Optional[dict] = None
 
 
@@ -157,10 +167,11 @@ class Simulation:
             raise ValueError(f"aggregator: {type(self.aggregator).__name__} with these settings needs >= {need} "
                              f"clients per round, fed.cohort_size is {fed.cohort_size}; lower aggregator.f / "
                              f"aggregator.threshold or raise fed.clients_per_round")
-        self.aggregator.connect(ServerContext(self.layout, self.device, fed.num_clients, self.config.seed,
-                                              fed.aux_per_class, forward=self._forward,
-                                              input_shape=tuple(self.data.image_shape),
-                                              num_classes=self.data.num_classes))
+        self.aggregator.connect(ServerContext(
+            self.layout, self.device, fed.num_clients, self.config.seed, fed.aux_per_class,
+            aux_x=self.data.aux.x, aux_y=self.data.aux.y, normalize=self.normalize, client=self.client_config,
+            make_model=lambda: copy.deepcopy(self.model), forward=self._forward,
+            input_shape=tuple(self.data.image_shape), num_classes=self.data.num_classes))
         if self.attack is not None:
             self.attack.connect(AttackContext(
                 image_shape=tuple(self.data.image_shape), num_classes=self.data.num_classes,
@@ -170,12 +181,8 @@ class Simulation:
             self.asr_set = tuple(t.to(self.device) for t in test_set) if test_set is not None else None
         wandb_id = None
         if resume is not None:
-            state = load_checkpoint(resume)
-            if state.get("seed", self.config.seed) != self.config.seed:
-                raise ValueError(f"resume: checkpoint {resume!r} was written with seed={state['seed']}, "
-                                 f"this run has seed={self.config.seed}; resume with the same seed")
-            _check_fingerprint(resume, state.get("fingerprint"), self.config.fingerprint)
-            validate_state(state, resume, self.layout.numel, self.global_params.dtype, fed.rounds)
+            state = resume_state(resume, seed=self.config.seed, fingerprint=self.config.fingerprint,
+                                 numel=self.layout.numel, dtype=self.global_params.dtype, rounds=fed.rounds)
             self.global_params = state["global_params"].to(self.device)
             self.theta0 = state["theta0"].to(self.device)
             self.prev_global = state["prev_global"].to(self.device) if state.get("prev_global") is not None else None
@@ -281,8 +288,7 @@ class Simulation:
         ids = rows[:, 0].long()[keep]
         mal = malicious.to(self.device)[keep]
         ctx = RoundContext(r, self.global_params[:w], ids, generator(self.config.seed, r, "aggregate"),
-                           server_update=lambda per_class=None: self._server_update(r, per_class),
-                           malicious=mal)
+                           global_params=self.global_params, malicious=mal)
         result = self.aggregator.aggregate(updates[:, :w], weights, ctx)
         # BatchNorm statistics of clients the rule rejected must not sneak in through the buffers
         kept = weights if result.accepted is None else weights * result.accepted.to(weights)
@@ -294,7 +300,7 @@ class Simulation:
         record = {"round": r, "clients": all_ids.tolist(), "malicious": all_ids[malicious].tolist(),
                   "dropped_nonfinite": rows[:, 0].long()[~keep].tolist()}
         if result.accepted is not None:
-            metrics.update(_detection(result.accepted.cpu(), mal.cpu()))
+            metrics.update(detection(result.accepted.cpu(), mal.cpu()))
             record["accepted"] = ids[result.accepted.to(ids.device)].tolist()
         self.logger.log_round_record(record)
         return self.global_params + torch.cat([result.update, buffers]), metrics
@@ -320,18 +326,6 @@ class Simulation:
                 keep = keep & ~over
         return keep
 
-    def _server_update(self, r: int, per_class: Optional[int] = None) -> Tensor:
-        """The server trains the global model on its auxiliary (root) data (FLTrust's g0):
-        ``per_class`` samples of each class, the same random ones every round (None = all)."""
-        x, y = self.data.aux.x, self.data.aux.y
-        if per_class is not None:
-            keep = self._root_mask(per_class)
-            x, y = x[keep], y[keep]
-        res = local_train(model=copy.deepcopy(self.model), layout=self.layout, global_params=self.global_params,
-                          x=x, y=y, config=self.client_config, seed=self.config.seed, round=r, client_id=-1,
-                          normalize=self.normalize)
-        return res.update[: self.layout.num_weights]
-
     @torch.no_grad()
     def _forward(self, weights: Tensor, x: Tensor) -> Tensor:
         """Logits of the model with trainable ``weights`` and the global buffers on raw inputs
@@ -342,24 +336,14 @@ class Simulation:
         self.layout.load(self._scratch, torch.cat([weights.to(self.global_params), self.global_params[w:]]))
         return self._scratch.eval()(self.normalize(x.to(self.device)))
 
-    def _root_mask(self, per_class: int) -> Tensor:
-        if getattr(self, "_root", (None,))[0] != per_class:
-            y = self.data.aux.y.cpu()
-            order = torch.randperm(len(y), generator=generator(self.config.seed, "root"))
-            order = order[torch.sort(y[order], stable=True).indices]  # by class, random within
-            first = torch.searchsorted(y[order], y[order])  # where each sample's class begins
-            mask = torch.zeros(len(y), dtype=torch.bool)
-            mask[order[torch.arange(len(y)) - first < per_class]] = True
-            self._root = (per_class, mask.to(self.device))
-        return self._root[1]
-
     # ----------------------------------------------------------------- evaluation
-    def evaluate(self, params: Tensor) -> dict[str, Any]:
+    def evaluate(self, params: Tensor, collective: bool = True) -> dict[str, Any]:
         """Clean ACC, loss, per-class ACC, aux ACC and ASR of ``params``. A collective: each rank
         evaluates its batches of each set (``metrics.shard_batches``: the same batches for any
         process count) and the counts are summed; the loss is summed per batch, in batch order,
-        so every number is the same with 1 or N processes."""
-        rank, world = self.fabric.global_rank, self.fabric.world_size
+        so every number is the same with 1 or N processes. ``collective=False``: this rank
+        evaluates every batch alone (the same numbers; what ``PostTrainContext.evaluate`` does)."""
+        rank, world = (self.fabric.global_rank, self.fabric.world_size) if collective else (0, 1)
         self.layout.load(self.model, params)
         self.model.eval()
         test, aux, n = self.data.test, self.data.aux, self.data.num_classes
@@ -376,7 +360,9 @@ class Simulation:
             x, t = self.asr_set
             parts.append(target_hits(self.model, x, t, self.normalize,
                                      batches=shard_batches(len(t), size, rank, world)))
-        flat = dist.all_reduce_sum(self.fabric, torch.cat(parts))
+        flat = torch.cat(parts)
+        if collective:
+            flat = dist.all_reduce_sum(self.fabric, flat)
         conf, aux_conf = flat[: n * n].view(n, n), flat[n * n : 2 * n * n].view(n, n)
         loss = ordered_sum(flat[2 * n * n : 2 * n * n + nb])
         out = summarize_clean(conf, loss)
@@ -405,6 +391,7 @@ class Simulation:
                              "train_seconds": self.train_seconds})
         self.final_eval, self.final_from = trained, "trained"
         self.save_checkpoint()  # theta_T, before any post-training defense changes the model
+        self._posttrain = None  # posttrain_context() builds the defenses' context from this theta_T
         self.fabric.call("on_train_end", self.fabric, self)
         self.summary["final"] = {**self.final_eval, "model": self.final_from}
         if self.fabric.is_global_zero:
@@ -427,6 +414,20 @@ class Simulation:
         self.set_global(vec)
         self.final_eval, self.final_from = evaluation, source
 
+    def posttrain_context(self) -> PostTrainContext:
+        """The frozen context every post-training defense's ``repair`` receives; built once,
+        after the last round (theta_T is ``trained_params``)."""
+        if getattr(self, "_posttrain", None) is None:
+            aux = self.data.aux
+            triggered = self.attack.test_set(aux.x, aux.y) if self.attack is not None else None
+            self._posttrain = PostTrainContext(
+                theta0=self.theta0, theta_t=self.trained_params, layout=self.layout, aux_x=aux.x, aux_y=aux.y,
+                normalize=self.normalize, device=self.device, seed=self.config.seed, rounds=self.rounds,
+                train_seconds=self.train_seconds, run_dir=self.run_dir, logger=self.logger,
+                model=copy.deepcopy(self.model), evaluate=lambda vec: self.evaluate(vec, collective=False),
+                triggered_aux_x=triggered[0] if triggered is not None and triggered[0].shape[0] > 0 else None)
+        return self._posttrain
+
     # ----------------------------------------------------------------- helpers for callbacks
     def broadcast(self, tensor: Tensor) -> Tensor:
         return dist.broadcast(self.fabric, tensor.to(self.device))
@@ -439,66 +440,15 @@ class Simulation:
         return save_atomic(state, self.run_dir / filename)
 
     def save_checkpoint(self) -> None:
+        """Rank 0: the run's state at this round (schema: ``fedsim.runtime.checkpoint``)."""
         if not self.fabric.is_global_zero:
             return
-        prev = self.prev_global.cpu() if self.prev_global is not None else None
-        state = {"global_params": self.global_params.cpu(), "theta0": self.theta0.cpu(), "prev_global": prev, "round": self.rounds,
-                 "aggregator": self.aggregator.state_dict(),
-                 "attack": self.attack.state_dict() if self.attack is not None else {},
-                 "wandb_id": self.logger.wandb_id, "seed": self.config.seed,
-                 "train_seconds": self.train_seconds, "fingerprint": self.config.fingerprint}
-        save_atomic(with_digest(state), self.run_dir / "checkpoints" / "last.ckpt")
-
-
-def _check_fingerprint(resume: str, saved: Optional[dict], current: Optional[dict]) -> None:
-    """Refuses to continue a checkpoint under a configuration that would change its trajectory.
-
-    Compared leaf by leaf (``client.lr``, ``aggregator.init_args.f``, ...) over the leaves both
-    sides have, so an option added to the code later (absent from an older checkpoint) does not
-    block resuming it; ``class_path`` values compare by the class they name, however spelled."""
-    if saved is None or current is None:
-        return  # checkpoints written before fingerprints existed, or runs built without the CLI
-    old, new = _leaves(saved), _leaves(current)
-    changed = [k for k in sorted(set(old) & set(new)) if old[k] != new[k]]
-    if changed:
-        details = "; ".join(f"{k}: checkpoint {old[k]!r}, now {new[k]!r}" for k in changed)
-        raise ValueError(f"resume: checkpoint {resume!r} was written with a different configuration of "
-                         f"{', '.join(changed)} ({details[:600]}); resume with the same values or start a "
-                         f"new run_dir")
-
-
-def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict) and tree:
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if prefix.endswith("class_path") and isinstance(tree, str):
-        return {prefix: _class_name(tree)}
-    return {prefix: tree}
-
-
-def _class_name(path: str) -> str:
-    """``fedsim.aggregators.Krum`` and ``fedsim.aggregators.krum.Krum`` name the same class."""
-    import importlib
-
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-        return f"{cls.__module__}.{cls.__qualname__}"
-    except (ImportError, AttributeError, ValueError):
-        return path
-
-
-def _detection(accepted: Tensor, malicious: Tensor) -> dict[str, float]:
-    """Detection scores of a rule that accepts/rejects clients, against the schedule's truth."""
-    rejected = ~accepted
-    tp = int((rejected & malicious).sum())
-    fp = int((rejected & ~malicious).sum())
-    out = {"detect/accepted": int(accepted.sum()), "detect/fpr": fp / max(int((~malicious).sum()), 1)}
-    if malicious.any():
-        out["detect/tpr"] = tp / int(malicious.sum())
-    return out
+        state = checkpoint_state(
+            global_params=self.global_params, theta0=self.theta0, prev_global=self.prev_global, round=self.rounds,
+            aggregator=self.aggregator.state_dict(),
+            attack=self.attack.state_dict() if self.attack is not None else {}, wandb_id=self.logger.wandb_id,
+            seed=self.config.seed, train_seconds=self.train_seconds, fingerprint=self.config.fingerprint)
+        save_atomic(state, self.run_dir / "checkpoints" / "last.ckpt")
 
 
 def _run_summary(summary: dict[str, Any]) -> dict[str, Any]:

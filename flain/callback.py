@@ -5,7 +5,9 @@ Updates of Low-Activation Input Neurons", ICMR 2025 (arXiv 2408.08655). After th
 server flips, in the chosen layer(s), the accumulated updates ``theta_T - theta_0`` of the input
 neurons that its clean auxiliary data leaves (nearly) dormant; the threshold is raised while the
 aux accuracy holds. The algorithm is in ``flain.functional``; this class wires it to the
-simulation, and ``fedsim.posttrain.PostTrainingDefense`` measures ACC/ASR before and after,
+simulation through the frozen ``fedsim.posttrain.PostTrainContext`` (theta_0, theta_T, the layout,
+the auxiliary set, the attack's triggered auxiliary inputs, a scratch model, the logger), and the
+base class ``fedsim.posttrain.PostTrainingDefense`` measures ACC/ASR before and after,
 broadcasts, saves ``flain_repaired.pt`` and writes ``summary["flain"]``.
 
 YAML::
@@ -17,11 +19,11 @@ YAML::
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Sequence, Union
 
 from torch import Tensor
 
-from fedsim.posttrain import PostTrainingDefense
+from fedsim.posttrain import PostTrainContext, PostTrainingDefense, SetupContext
 from flain.activations import resolve_layer
 from fedsim.schema import NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval, bounded
 from flain.functional import MODES, RANKS, STOPS, ThresholdResult, check_config, flain_repair
@@ -89,62 +91,49 @@ class FLAIN(PostTrainingDefense):
         self.k_init, self.k_step, self.k_cap = k_init, k_step, k_cap
         self.tolerance, self.batch_size = tolerance, batch_size
 
-    def validate(self, model) -> None:
-        """Called on every rank before training: an unknown layer fails now, not after the run."""
+    def validate(self, setup: SetupContext) -> None:
+        """Before any data is loaded: an unknown layer fails now, not after the run."""
         for name in self.layers:
-            resolve_layer(model, name)
+            resolve_layer(setup.model, name)
 
-    def repair(self, simulation) -> tuple[Tensor, dict[str, Any]]:
-        sim = simulation
-        aux = sim.data.aux
-        if aux.x.shape[0] == 0:
-            raise ValueError("flain: simulation.data.aux is empty; FLAIN needs clean auxiliary "
-                             "samples (set the aux set size above 0)")
-        device = sim.device
-        triggered = _triggered_aux(sim)
+    def repair(self, ctx: PostTrainContext) -> tuple[Tensor, dict[str, Any]]:
+        if ctx.aux_x.shape[0] == 0:
+            raise ValueError("flain: the auxiliary set is empty; FLAIN needs clean auxiliary "
+                             "samples (set fed.aux_per_class above 0)")
+        device, triggered = ctx.device, ctx.triggered_aux_x
         vec, results = flain_repair(
-            sim.model, sim.layout, sim.theta0.to(device), sim.trained_params.to(device),
-            sim.normalize(aux.x.to(device)), aux.y.to(device), self.layers, self.mode,
+            ctx.model, ctx.layout, ctx.theta0.to(device), ctx.theta_t.to(device),
+            ctx.normalize(ctx.aux_x.to(device)), ctx.aux_y.to(device), self.layers, self.mode,
             self.k_init, self.k_step, self.k_cap, self.tolerance, self.rescale, self.batch_size,
-            triggered_x=None if triggered is None else sim.normalize(triggered.to(device)),
+            triggered_x=None if triggered is None else ctx.normalize(triggered.to(device)),
             stop=self.stop, confidence=self.confidence, rank=self.rank, rank_eps=self.rank_eps)
-        self._log(sim, results)
+        self._log(ctx, results)
         return vec, summarize(results)
 
-    def _log(self, sim, results: list[ThresholdResult]) -> None:
-        step = sim.rounds
+    def _log(self, ctx: PostTrainContext, results: list[ThresholdResult]) -> None:
+        step, logger = ctx.rounds, ctx.logger
         for r in results:
             key = f"{self.name}/{r.layer}"
             hists = {f"{key}/activation_clean": r.activations}
             if r.activations_triggered is not None:
                 hists[f"{key}/activation_triggered"] = r.activations_triggered
-            sim.logger.log_histograms(hists, step)  # the same bins for clean and triggered
-            sim.logger.log_table(f"{key}/curve", ["k", "aux_acc", "flipped"],
-                                 [list(c) for c in r.curve], line=("k", "aux_acc"),
-                                 title=f"{self.name} {r.layer}: aux accuracy vs threshold k")
+            logger.log_histograms(hists, step)  # the same bins for clean and triggered
+            logger.log_table(f"{key}/curve", ["k", "aux_acc", "flipped"],
+                             [list(c) for c in r.curve], line=("k", "aux_acc"),
+                             title=f"{self.name} {r.layer}: aux accuracy vs threshold k")
             # One row per layer at the final round: the curve itself is a table, because the
             # x-axis of every logged metric is the round.
-            sim.logger.log_posttrain(f"{self.name}/{r.layer}",
-                                     {"k": r.k if r.k is not None else -1.0,
-                                      "flipped_neurons": r.flipped, "evaluations": len(r.curve)},
-                                     step)
+            logger.log_posttrain(f"{self.name}/{r.layer}",
+                                 {"k": r.k if r.k is not None else -1.0,
+                                  "flipped_neurons": r.flipped, "evaluations": len(r.curve)},
+                                 step)
         if self.plots:
-            paths = [plot_activations(sim.run_dir / f"{self.name}_activations.png", results,
+            paths = [plot_activations(ctx.run_dir / f"{self.name}_activations.png", results,
                                       [r.activations for r in results],
                                       [r.activations_triggered for r in results]),
-                     plot_threshold(sim.run_dir / f"{self.name}_threshold.png", results)]
+                     plot_threshold(ctx.run_dir / f"{self.name}_threshold.png", results)]
             for p in paths:
-                sim.logger.log_image(f"{self.name}/{p.stem}", p, step)
-
-
-def _triggered_aux(sim) -> Optional[Tensor]:
-    """Raw triggered versions of the aux inputs the ASR would count, or None without a trigger."""
-    if sim.attack is None:
-        return None
-    out = sim.attack.test_set(sim.data.aux.x, sim.data.aux.y)
-    if out is None or out[0].shape[0] == 0:
-        return None
-    return out[0]
+                logger.log_image(f"{self.name}/{p.stem}", p, step)
 
 
 def summarize(results: list[ThresholdResult]) -> dict[str, Any]:

@@ -23,8 +23,10 @@ from fedsim.aggregators import (
     MultiMetrics,
     NormClipping,
     RoundContext,
+    ServerContext,
     TrimmedMean,
 )
+from fedsim.aggregators.fltrust import root_mask
 from fedsim.aggregators.functional import (
     bulyan_select,
     drop_nonfinite,
@@ -36,15 +38,18 @@ from fedsim.aggregators.multimetrics import multi_metrics_scores
 T = torch.tensor
 
 
-def make_ctx(n, d, client_ids=None, server_update=None, seed=0, round=0, global_weights=None):
+def make_ctx(n, d, client_ids=None, seed=0, round=0, global_weights=None):
     ids = torch.arange(n) if client_ids is None else torch.as_tensor(client_ids)
     gen = torch.Generator().manual_seed(seed)
     g = torch.zeros(d) if global_weights is None else global_weights  # zero: models == updates
-    return RoundContext(round, g, ids, gen, server_update=server_update)
+    return RoundContext(round, g, ids, gen)
 
 
-def run(agg, updates, weights=None, **ctx_kwargs):
+def run(agg, updates, weights=None, server_update=None, **ctx_kwargs):
+    """``server_update(root_per_class)`` replaces FLTrust's own training on its root data."""
     weights = torch.ones(updates.shape[0]) if weights is None else weights
+    if server_update is not None and isinstance(agg, FLTrust):
+        agg.server_update = lambda ctx: server_update(agg.root_per_class)
     return agg.aggregate(updates, weights, make_ctx(*updates.shape, **ctx_kwargs))
 
 
@@ -221,9 +226,59 @@ def test_fltrust_gives_zero_weight_to_opposite_update():
         assert not result.accepted[2]
 
 
-def test_fltrust_needs_server_update():
-    with pytest.raises(ValueError, match="server_update"):
-        run(FLTrust(), torch.ones(3, 2))
+def test_fltrust_needs_server_root_data():
+    with pytest.raises(ValueError, match="root data"):
+        run(FLTrust(), torch.ones(3, 2))  # never connected
+    with pytest.raises(ValueError, match="ServerContext lacks"):
+        FLTrust(root_per_class=1).connect(ServerContext(None, torch.device("cpu"), 4, 0, aux_per_class=2))
+
+
+def test_detection_scores_by_hand():
+    from fedsim.metrics import detection
+
+    accepted = T([True, False, False, True, True, False])
+    malicious = T([False, True, False, False, True, False])
+    # rejected: 1, 2, 5; attackers 1 and 4 -> 1 of 2 caught; honest 0, 2, 3, 5 -> 2 of 4 rejected
+    assert detection(accepted, malicious) == {"detect/accepted": 3, "detect/fpr": 0.5, "detect/tpr": 0.5}
+    assert "detect/tpr" not in detection(accepted, torch.zeros(6, dtype=torch.bool))  # no attacker
+
+
+def test_fltrust_root_set_is_per_class_and_seeded():
+    y = torch.arange(5).repeat_interleave(6)[torch.randperm(30, generator=torch.Generator().manual_seed(1))]
+    mask = root_mask(y, 2, seed=0)
+    assert torch.bincount(y[mask], minlength=5).tolist() == [2] * 5
+    assert torch.equal(mask, root_mask(y, 2, seed=0)) and not torch.equal(mask, root_mask(y, 2, seed=1))
+    assert root_mask(y, 9, seed=0).all()  # fewer than asked: the whole class
+
+
+def test_fltrust_trains_its_server_update_as_the_simulation_did():
+    # g0 = local_train of a copy of the global model on the root subset, with the clients'
+    # settings and client id -1's streams of the round: what Simulation._server_update computed
+    # before FLTrust did it itself (the numbers of every FLTrust run depend on it).
+    import copy
+
+    from fedsim.clients import ClientConfig, local_train
+    from fedsim.models import TinyNet
+    from fedsim.params import ParamLayout
+
+    torch.manual_seed(0)
+    model = TinyNet(hidden=8)
+    layout = ParamLayout(model)
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.rand(40, 1, 28, 28, generator=gen), torch.arange(10).repeat(4)
+    config, norm = ClientConfig(optimizer="adam", lr=1e-2, epochs=2, batch_size=8), (lambda t: t - 0.5)
+    agg = FLTrust(root_per_class=2)
+    agg.connect(ServerContext(layout, torch.device("cpu"), 10, 7, aux_per_class=4, aux_x=x, aux_y=y,
+                              normalize=norm, client=config, make_model=lambda: copy.deepcopy(model)))
+    global_params = layout.flatten(model) + 0.01
+    for rnd in (0, 5):
+        ctx = RoundContext(rnd, global_params[: layout.num_weights], torch.arange(3), torch.Generator(),
+                           global_params=global_params)
+        keep = root_mask(y, 2, seed=7)
+        expected = local_train(model=copy.deepcopy(model), layout=layout, global_params=global_params, x=x[keep],
+                               y=y[keep], config=config, seed=7, round=rnd, client_id=-1, normalize=norm)
+        assert torch.equal(agg.server_update(ctx), expected.update[: layout.num_weights])
+    assert keep.sum() == 20
 
 
 def test_foolsgold_learning_rates_by_hand():

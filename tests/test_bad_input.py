@@ -38,6 +38,24 @@ def test_invalid_values_name_the_field(tiny_args, extra, error, match):
     _fails(tiny_args, extra, error, match)
 
 
+@pytest.mark.parametrize("callbacks, match", [
+    ('[{"class_path": "fedsim.repair.FLPruning", "init_args": {"layer": "fc1", "num_voters": 101}}]',
+     r"fl_pruning.num_voters must be in \[1, 100\] .*got 101"),
+    ('[{"class_path": "fedsim.repair.FinePruning", "init_args": {"layer": "conv9"}}]', "fine_pruning.layer"),
+    ('[{"class_path": "flain.FLAIN", "init_args": {"layers": ["nope"]}}]', "nope"),
+    ('[{"class_path": "fedsim.repair.FinePruning"}, {"class_path": "fedsim.repair.FinePruning", '
+     '"init_args": {"layer": "fc1"}}]', r"2 post-training defenses are named 'fine_pruning'.*init_args.name"),
+])
+def test_post_training_defenses_are_validated_before_any_data_is_loaded(tiny_args, monkeypatch, callbacks, match):
+    from fedsim.data import EmbeddedMNIST
+
+    def no_data(self):
+        raise AssertionError("data loaded before the post-training defenses were validated")
+
+    monkeypatch.setattr(EmbeddedMNIST, "load", no_data)
+    _fails(tiny_args, ["--callbacks", callbacks], ValueError, match)
+
+
 def test_missing_dataset_files_offline_say_where_to_put_them(tiny_args, tmp_path):
     args = ["--data", "fedsim.data.MNIST", "--data.data_dir", str(tmp_path / "nowhere")]
     _fails(tiny_args, args, FileNotFoundError, "data.data_dir.*download")
@@ -85,6 +103,8 @@ def _console(*args, cwd=ROOT):
      "attack: BadNets.poison_fraction must be in [0, 1], got 2.0"),
     (["--callbacks", '[{"class_path": "flain.FLAIN", "init_args": {"tolerance": 3}}]'],
      "callbacks: FLAIN.tolerance must be in [0, 1], got 3"),
+    (["--callbacks", '[{"class_path": "fedsim.repair.FLPruning", "init_args": {"layer": "fc1", "num_voters": 101}}]'],
+     "fl_pruning.num_voters must be in [1, 100]"),  # tiny: 10 per class x 10 classes
     (["--fed.round", "7"], "fed.round"),  # an abbreviation of fed.rounds is refused, not guessed
     (["--accelerator", "tpu"], "accelerator"),
     (["--run_dir", ""], "run_dir must be a folder path"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ from torch import nn
 
 from fedsim.models import MnistCNN
 from fedsim.params import ParamLayout
+from fedsim.posttrain import PostTrainContext
 from flain import (FLAIN, FlipEvaluator, NetworkSplit, flain_repair, flip_columns, flip_mask,
                    resolve_layer, search_threshold)
 from flain.functional import paired_drop_bound
@@ -275,12 +277,15 @@ def fake_sim(tmp_path, triggered: bool = True):
         return xt, torch.zeros_like(ys)
 
     saved = {}
+    logger = RecordingLogger()
+    ctx = PostTrainContext(
+        theta0=theta0, theta_t=theta_t, layout=layout, aux_x=x, aux_y=y, normalize=lambda t: (t - 0.5) / 0.5,
+        device=torch.device("cpu"), seed=0, rounds=3, train_seconds=1.0, run_dir=tmp_path, logger=logger,
+        model=model, evaluate=evaluate, triggered_aux_x=test_set(x, y)[0] if triggered else None)
+    # the simulation's side: the context and the services the base class uses
     return SimpleNamespace(
-        model=model, layout=layout, device=torch.device("cpu"), theta0=theta0,
-        trained_params=theta_t, normalize=lambda t: (t - 0.5) / 0.5, rounds=3,
-        data=SimpleNamespace(aux=SimpleNamespace(x=x, y=y)), run_dir=tmp_path,
-        attack=SimpleNamespace(test_set=test_set) if triggered else None,
-        logger=RecordingLogger(), summary={}, evaluate=evaluate, broadcast=lambda t: t,
+        ctx=ctx, posttrain_context=lambda: ctx, layout=layout, theta0=theta0, trained_params=theta_t,
+        logger=logger, summary={}, evaluate=evaluate, broadcast=lambda t: t,
         save_params=lambda vec, name: saved.update({name: vec.clone()}), saved=saved,
         set_final=lambda vec, evaluation, source: saved.update({"global": vec, "source": source}),
     )
@@ -316,9 +321,9 @@ def test_callback_without_attack_and_with_empty_aux(tmp_path):
     assert [list(a[0]) for n, a in sim.logger.calls if n == "log_histograms"] == \
         [["flain/fc1/activation_clean"]]
     assert not (tmp_path / "flain_activations.png").exists()
-    sim.data.aux = SimpleNamespace(x=sim.data.aux.x[:0], y=sim.data.aux.y[:0])
-    with pytest.raises(ValueError, match="simulation.data.aux"):
-        FLAIN().repair(sim)
+    empty = dataclasses.replace(sim.ctx, aux_x=sim.ctx.aux_x[:0], aux_y=sim.ctx.aux_y[:0])
+    with pytest.raises(ValueError, match="auxiliary set is empty"):
+        FLAIN().repair(empty)
 
 
 def test_paired_drop_bound_by_hand():

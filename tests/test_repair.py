@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from fedsim.models import MnistCNN, TinyNet
 from fedsim.params import ParamLayout
+from fedsim.posttrain import PostTrainContext, SetupContext
 from fedsim.repair import FinePruning, FineTuning, FLPruning
 from fedsim.repair.channels import find_layer, mean_activation, zero_channels
 from fedsim.repair.flpruning import dormant_sets, majority_vote
@@ -39,13 +41,14 @@ class HandNet(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-def make_sim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0):
+def make_sim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> PostTrainContext:
+    """The frozen context a defense's ``repair`` gets, with ``model`` as its scratch model."""
     layout = ParamLayout(model)
-    return SimpleNamespace(
-        model=model, layout=layout, device=torch.device("cpu"), normalize=lambda t: t,
-        trained_params=layout.flatten(model).clone(), config=SimpleNamespace(seed=seed),
-        data=SimpleNamespace(aux=SimpleNamespace(x=x, y=y)),
-    )
+    theta = layout.flatten(model).clone()
+    return PostTrainContext(
+        theta0=torch.zeros_like(theta), theta_t=theta, layout=layout, aux_x=x, aux_y=y, normalize=lambda t: t,
+        device=torch.device("cpu"), seed=seed, rounds=3, train_seconds=0.0, run_dir=None, logger=None,
+        model=model, evaluate=lambda v: {})
 
 
 def hand_sim(n: int = 100):
@@ -76,14 +79,14 @@ def conv_params(sim, vec):
 def test_mean_activation_matches_hand_values():
     sim = hand_sim()
     target = find_layer(sim.model.eval(), None, "f")
-    act = mean_activation(sim.model, target, sim.data.aux.x, sim.normalize, sim.device)
+    act = mean_activation(sim.model, target, sim.aux_x, sim.normalize, sim.device)
     torch.testing.assert_close(act, torch.tensor([0.5, 0.1, 0.0, 0.3]))
 
 
 def test_fine_pruning_prunes_dormant_first_and_leaves_the_rest():
     # Prepare
     sim = hand_sim()
-    before = sim.trained_params.clone()
+    before = sim.theta_t.clone()
     # Execute: tolerance 0.05 -> ch2, ch1 pruned at 100 %; ch3 would cost 50 points.
     vec, info = FinePruning(finetune_epochs=0).repair(sim)
     # Assert
@@ -95,7 +98,7 @@ def test_fine_pruning_prunes_dormant_first_and_leaves_the_rest():
     changed = (vec != before).nonzero().flatten().tolist()
     conv_w, conv_b = sim.layout["conv.weight"].offset, sim.layout["conv.bias"].offset
     assert changed == [conv_w + 1, conv_b + 2]  # w1 = 0.2 -> 0, b2 = -1 -> 0; w2, b1 were 0
-    assert torch.equal(sim.layout.flatten(sim.model), before)  # scratch model restored
+    assert torch.equal(sim.theta_t, before)  # theta_T itself is never changed
 
 
 @pytest.mark.parametrize(
@@ -119,12 +122,14 @@ def test_fine_pruning_keeps_pruned_channels_zero_while_fine_tuning():
     w, b = conv_params(sim, vec)
     assert info["pruned_indices"] == [1, 2]
     assert torch.all(w[[1, 2]] == 0) and torch.all(b[[1, 2]] == 0)
-    assert not torch.equal(w[[0, 3]], conv_params(sim, sim.trained_params)[0][[0, 3]])
+    assert not torch.equal(w[[0, 3]], conv_params(sim, sim.theta_t)[0][[0, 3]])
 
 
 def test_pruning_after_conv_zeroes_the_following_batchnorm():
     net = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3, 2))
-    with torch.no_grad():
+    with torch.no_grad():  # fixed weights: every channel is x + 1 > 0 before pruning (no RNG)
+        net[0].weight.fill_(1.0)
+        net[0].bias.zero_()
         net[1].bias.fill_(1.0)
     target = find_layer(net, "0", "f")
     zero_channels(target, torch.tensor([1]))
@@ -154,7 +159,7 @@ def test_fl_pruning_end_to_end_on_hand_net():
     vec, info = FLPruning(num_voters=5, prune_ratio=0.5).repair(sim)  # each voter: ch2, ch1
     assert info["votes"] == [0, 5, 5, 0] and info["pruned_indices"] == [1, 2]
     w, b = conv_params(sim, vec)
-    assert torch.all(w[[1, 2]] == 0) and torch.equal(w[[0, 3]], conv_params(sim, sim.trained_params)[0][[0, 3]])
+    assert torch.all(w[[1, 2]] == 0) and torch.equal(w[[0, 3]], conv_params(sim, sim.theta_t)[0][[0, 3]])
     with pytest.raises(ValueError, match="num_voters"):
         FLPruning(num_voters=101).repair(sim)
 
@@ -165,13 +170,13 @@ def test_fl_pruning_end_to_end_on_hand_net():
 def aux_acc(sim, vec):
     sim.layout.load(sim.model, vec)
     with torch.no_grad():
-        return (sim.model.eval()(sim.data.aux.x).argmax(1) == sim.data.aux.y).float().mean().item()
+        return (sim.model.eval()(sim.aux_x).argmax(1) == sim.aux_y).float().mean().item()
 
 
 def test_fine_tuning_raises_aux_accuracy_of_untrained_net():
     torch.manual_seed(0)
     sim = mnist_sim(TinyNet(hidden=32))
-    before = aux_acc(sim, sim.trained_params)
+    before = aux_acc(sim, sim.theta_t)
     vec, info = FineTuning(epochs=5, lr=0.05).repair(sim)
     assert before < 0.3 and aux_acc(sim, vec) > 0.7
     assert len(info["loss_per_epoch"]) == 5 and info["loss_per_epoch"][-1] < info["loss_per_epoch"][0]
@@ -183,26 +188,27 @@ def test_fine_tuning_is_deterministic_and_leaves_global_rng_alone():
     rng = torch.get_rng_state()
     a, _ = FineTuning(epochs=1, optimizer="adam", lr=1e-3).repair(sim)
     b, _ = FineTuning(epochs=1, optimizer="adam", lr=1e-3).repair(sim)
-    sim.config.seed = 1
-    c, _ = FineTuning(epochs=1, optimizer="adam", lr=1e-3).repair(sim)
+    c, _ = FineTuning(epochs=1, optimizer="adam", lr=1e-3).repair(dataclasses.replace(sim, seed=1))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_on_train_end_writes_summary_block():
-    sim = hand_sim()
     calls = {}
-    sim.fabric = SimpleNamespace(is_global_zero=True)
-    sim.evaluate = lambda v: {"acc": aux_acc(sim, v), "aux_acc": aux_acc(sim, v), "loss": 0.0}
-    sim.broadcast, sim.rounds, sim.summary = (lambda t: t), 3, {}
-    sim.set_final = lambda v, evaluation, source: calls.setdefault("global", (v, source))
-    sim.save_params = lambda v, f: calls.setdefault("file", f)
-    sim.logger = SimpleNamespace(log_posttrain=lambda name, m, step: calls.setdefault("metrics", (name, m)))
-    FinePruning(finetune_epochs=0).on_train_end(sim.fabric, sim)
+    logger = SimpleNamespace(log_posttrain=lambda name, m, step: calls.setdefault("metrics", (name, m, step)))
+    ctx = dataclasses.replace(hand_sim(), logger=logger)
+    fabric = SimpleNamespace(is_global_zero=True)
+    # the simulation's side of the contract: the context, and its collective services
+    sim = SimpleNamespace(posttrain_context=lambda: ctx, broadcast=lambda t: t, summary={},
+                          evaluate=lambda v: {"acc": aux_acc(ctx, v), "aux_acc": aux_acc(ctx, v), "loss": 0.0},
+                          set_final=lambda v, evaluation, source: calls.setdefault("global", (v, source)),
+                          save_params=lambda v, f: calls.setdefault("file", f))
+    FinePruning(finetune_epochs=0).on_train_end(fabric, sim)
     block = sim.summary["fine_pruning"]
     assert block["pruned_channels"] == 2 and block["acc_before"] == block["acc_after"] == 1.0
     assert calls["file"] == "fine_pruning_repaired.pt" and calls["metrics"][0] == "fine_pruning"
     assert "pruned_channels" in calls["metrics"][1] and calls["global"][1] == "fine_pruning"
+    assert calls["metrics"][2] == 3  # logged at the last round
 
 
 # ---------------------------------------------------------------- validation
@@ -230,10 +236,70 @@ def test_bad_hyperparameters_raise(cls, kwargs, field):
         cls(**kwargs)
 
 
+def setup_of(model: nn.Module, aux_per_class: int = 80) -> SetupContext:
+    return SetupContext.of(model, num_classes=10, aux_per_class=aux_per_class)
+
+
 def test_unknown_layer_lists_available_layers():
     with pytest.raises(ValueError, match="'conv1', 'conv2', 'fc1', 'fc2'"):
-        FinePruning(layer="conv3").validate(MnistCNN())
-    FLPruning(layer="fc1").validate(MnistCNN())
+        FinePruning(layer="conv3").validate(setup_of(MnistCNN()))
+    FLPruning(layer="fc1").validate(setup_of(MnistCNN()))
     assert find_layer(MnistCNN(), None, "f").name == "conv2"
     with pytest.raises(ValueError, match="fl_pruning.layer"):
         FLPruning(layer="nope").repair(hand_sim())
+
+
+def test_fl_pruning_refuses_more_voters_than_aux_samples_before_training():
+    FLPruning(num_voters=20).validate(setup_of(MnistCNN(), aux_per_class=2))  # 20 samples: fits
+    with pytest.raises(ValueError, match=r"fl_pruning.num_voters must be in \[1, 20\].*got 21"):
+        FLPruning(num_voters=21).validate(setup_of(MnistCNN(), aux_per_class=2))
+
+
+@pytest.mark.parametrize("cls", [FinePruning, FLPruning, FineTuning])
+def test_every_defense_takes_a_name(cls):
+    assert cls().name == cls.name and cls(name="second").name == "second"
+    with pytest.raises(ValueError, match="callbacks.name must be a Python identifier"):
+        cls(name="not a name")
+
+
+def test_the_name_keys_the_random_stream():
+    torch.manual_seed(0)
+    sim = mnist_sim(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10)))
+    a, _ = FineTuning(epochs=1).repair(sim)
+    b, _ = FineTuning(epochs=1, name="other").repair(sim)
+    assert not torch.equal(a, b)
+
+
+def test_fine_tuning_is_local_train_with_the_servers_streams():
+    # The repaired model is exactly local_train from theta_T with the (seed, name) streams, and
+    # the reported losses are the float64 sums of the batch losses (as before the refactor).
+    from fedsim.clients import ClientConfig, TrainStreams, local_train
+    from fedsim.runtime.seeding import derive_seed, generator, seeded_global_rng
+
+    torch.manual_seed(0)
+    sim = mnist_sim(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10)))
+    vec, info = FineTuning(epochs=2, lr=0.05, batch_size=32).repair(sim)
+    # the hand-written loop the defense used before it reused local_train
+    model = sim.model
+    sim.layout.load(model, sim.theta_t)
+    gen = generator(0, "fine_tuning")
+    opt = torch.optim.SGD([p for p in model.parameters()], lr=0.05, momentum=0.9)
+    losses = []
+    model.train()
+    with seeded_global_rng(derive_seed(0, "fine_tuning", "dropout")):
+        for _ in range(2):
+            order, total = torch.randperm(len(sim.aux_x), generator=gen), 0.0
+            for start in range(0, len(sim.aux_x), 32):
+                idx = order[start:start + 32]
+                loss = torch.nn.functional.cross_entropy(model(sim.aux_x[idx]), sim.aux_y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            losses.append(total / len(sim.aux_x))
+    assert torch.equal(vec, sim.layout.flatten(model)) and info["loss_per_epoch"] == losses
+    res = local_train(model=sim.model, layout=sim.layout, global_params=sim.theta_t, x=sim.aux_x, y=sim.aux_y,
+                      config=ClientConfig(lr=0.05, momentum=0.9, epochs=2, batch_size=32), seed=0, round=0,
+                      client_id=-1, normalize=sim.normalize,
+                      streams=TrainStreams((0, "fine_tuning"), (0, "fine_tuning", "dropout")), loss_dtype=torch.float64)
+    assert torch.equal(sim.layout.flatten(sim.model), vec) and res.epoch_losses == losses

@@ -8,8 +8,9 @@ An aggregation rule sees the round's client updates as one matrix and returns on
 
 Rows arrive in cohort order (sorted client ids), identical for any number of processes.
 Non-finite rows are removed by the simulation before any rule runs. Facts known only at run time
-(the layout, the device, the server's auxiliary data) arrive through ``connect``; state that must
-survive a resume goes through ``state_dict`` / ``load_state_dict``.
+(the layout, the device, the server's auxiliary data, a model to train on it) arrive once through
+``connect(ServerContext)``; each round's facts through the frozen ``RoundContext``; state that
+must survive a resume goes through ``state_dict`` / ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from fedsim.params import ParamLayout
 
 @dataclass(frozen=True)
 class ServerContext:
-    """Run-time facts given to ``Aggregator.connect`` once, before the first round."""
+    """Run-time facts given to ``Aggregator.connect`` once, before the first round.
+
+    A rule that trains on the server's own data (FLTrust's root set) finds here the auxiliary
+    set, the normalisation, the clients' training settings and ``make_model``, which returns a
+    fresh copy of the network (train it freely; the simulation's own model is never handed out).
+    """
 
     layout: ParamLayout
     device: torch.device
@@ -37,6 +43,11 @@ class ServerContext:
     forward: Optional[Callable[[Tensor, Tensor], Tensor]] = None
     input_shape: tuple[int, ...] = ()  # (C, H, W) of the data
     num_classes: int = 0
+    aux_x: Optional[Tensor] = None  # the auxiliary set: raw pixels [N, C, H, W] on `device`
+    aux_y: Optional[Tensor] = None  # its labels [N]
+    normalize: Optional[Callable[[Tensor], Tensor]] = None  # raw pixels -> model input
+    client: Any = None  # the clients' fedsim.clients.ClientConfig
+    make_model: Optional[Callable[[], Any]] = None  # -> a fresh copy of the network on `device`
 
 
 @dataclass(frozen=True)
@@ -47,10 +58,7 @@ class RoundContext:
     global_weights: Tensor  # [d] current global trainable weights
     client_ids: Tensor  # [n] int64, the clients whose rows are in `updates`
     generator: torch.Generator  # seeded from (seed, round, "aggregate"); use for any noise
-    # server_update(per_class): trains a copy of the current global model on the server's
-    # auxiliary (root) data, `per_class` samples per class (None = all), and returns its update
-    # [d]; only rules that need it (FLTrust) call it.
-    server_update: Optional[Callable[..., Tensor]] = None
+    global_params: Optional[Tensor] = None  # [numel] the whole global vector (weights | float buffers)
     # Ground truth from the attack schedule ([n] bool, True = malicious); for metrics only,
     # a rule must never use it to decide.
     malicious: Optional[Tensor] = None

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fedsim.posttrain import PostTrainingDefense
+from fedsim.posttrain import PostTrainContext, PostTrainingDefense, SetupContext
 from fedsim.repair.channels import accuracy, find_layer, mean_activation, rank_channels, zero_channels
 from fedsim.repair.finetune import scratch_model, train_on_aux
 from fedsim.schema import NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
@@ -42,14 +42,15 @@ class FinePruning(PostTrainingDefense):
         finetune_lr: SGD learning rate of the fine-tuning.
         batch_size: fine-tuning mini-batch size.
         apply: make the repaired model the simulation's final global model.
+        name: the summary key, file prefix and random-stream key.
     """
 
     name = "fine_pruning"
 
     def __init__(self, layer: str | None = None, tolerance: UnitInterval = 0.05, max_prune_ratio: UnitInterval = 0.8,
                  step: PositiveInt = 1, finetune_epochs: NonNegativeInt = 1, finetune_lr: PositiveFloat = 0.01,
-                 batch_size: PositiveInt = 64, apply: bool = True) -> None:
-        super().__init__(apply=apply)
+                 batch_size: PositiveInt = 64, apply: bool = True, name: str = "fine_pruning") -> None:
+        super().__init__(apply=apply, name=name)
         if not 0 <= tolerance <= 1:
             raise ValueError(f"fine_pruning.tolerance must be in [0, 1], got {tolerance!r}")
         if not 0 <= max_prune_ratio <= 1:
@@ -65,41 +66,40 @@ class FinePruning(PostTrainingDefense):
         self.layer, self.tolerance, self.max_prune_ratio, self.step = layer, tolerance, max_prune_ratio, step
         self.finetune_epochs, self.finetune_lr, self.batch_size = finetune_epochs, finetune_lr, batch_size
 
-    def validate(self, model: nn.Module) -> None:
-        """Raise ValueError (listing the available layers) if ``layer`` is not in ``model``."""
-        find_layer(model, self.layer, "fine_pruning.layer")
+    def validate(self, setup: SetupContext) -> None:
+        """Raise ValueError (listing the available layers) if ``layer`` is not in the model."""
+        find_layer(setup.model, self.layer, "fine_pruning.layer")
 
-    def _prune_count(self, model: nn.Module, target, order: Tensor, simulation) -> tuple[int, float]:
+    def _prune_count(self, model: nn.Module, target, order: Tensor, ctx: PostTrainContext) -> tuple[int, float]:
         """Prune ``order`` one step at a time; return (last acceptable count, its aux accuracy)."""
-        aux, norm, dev = simulation.data.aux, simulation.normalize, simulation.device
-        base = accuracy(model, aux.x, aux.y, norm, dev)
+        x, y, norm, dev = ctx.aux_x, ctx.aux_y, ctx.normalize, ctx.device
+        base = accuracy(model, x, y, norm, dev)
         limit = math.floor(self.max_prune_ratio * len(order) + 1e-9)
         counts = [*range(self.step, limit, self.step), limit] if limit > 0 else []
         kept, kept_acc, done = 0, base, 0
         for count in counts:  # step, 2 * step, ..., limit
             zero_channels(target, order[done:count])
             done = count
-            acc = accuracy(model, aux.x, aux.y, norm, dev)
+            acc = accuracy(model, x, y, norm, dev)
             if base - acc > self.tolerance + 1e-9:  # 1e-9: accuracies are float ratios
                 break
             kept, kept_acc = count, acc
         return kept, kept_acc
 
-    def repair(self, simulation) -> tuple[Tensor, dict[str, Any]]:
-        with scratch_model(simulation, simulation.trained_params) as model:
+    def repair(self, ctx: PostTrainContext) -> tuple[Tensor, dict[str, Any]]:
+        with scratch_model(ctx, ctx.theta_t) as model:
             target = find_layer(model, self.layer, "fine_pruning.layer")
             model.eval()
-            activation = mean_activation(model, target, simulation.data.aux.x,
-                                         simulation.normalize, simulation.device)
+            activation = mean_activation(model, target, ctx.aux_x, ctx.normalize, ctx.device)
             order = rank_channels(activation)
-            count, pruned_acc = self._prune_count(model, target, order, simulation)
+            count, pruned_acc = self._prune_count(model, target, order, ctx)
             pruned = torch.sort(order[:count]).values
-            simulation.layout.load(model, simulation.trained_params)  # undo the trial pruning
+            ctx.layout.load(model, ctx.theta_t)  # undo the trial pruning
             zero_channels(target, pruned)
-            train_on_aux(model, simulation, name=self.name, epochs=self.finetune_epochs,
+            train_on_aux(model, ctx, name=self.name, epochs=self.finetune_epochs,
                          lr=self.finetune_lr, batch_size=self.batch_size,
                          after_step=lambda: zero_channels(target, pruned))
-            repaired = simulation.layout.flatten(model)
+            repaired = ctx.layout.flatten(model)
         info = {"layer": target.name, "pruned_channels": count, "total_channels": target.num_channels,
                 "pruned_indices": pruned.tolist(), "aux_acc_after_prune": pruned_acc,
                 "finetune_epochs": self.finetune_epochs}

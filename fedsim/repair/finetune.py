@@ -5,69 +5,55 @@ fades when the model keeps training on clean data (used as a baseline e.g. by Fa
 Vulnerability of Backdoor Defenses for Federated Learning", AAAI 2023; and as the second stage of
 Fine-Pruning, Liu et al., RAID 2018). ``train_on_aux`` is shared with ``FinePruning``.
 
-Deterministic for a seed: the shuffling comes from
-``fedsim.runtime.seeding.generator(seed, name)``, and dropout draws from the global RNG seeded
-from the same key and restored afterwards (``fedsim.runtime.seeding.seeded_global_rng``), so the
-caller's RNG is untouched.
+The training loop is the clients' own, ``fedsim.clients.local_train``, with the server's streams:
+shuffling from ``fedsim.runtime.seeding.generator(seed, name)`` and dropout from the global RNG
+seeded with ``derive_seed(seed, name, "dropout")`` and restored afterwards, so the caller's RNG is
+untouched and two defenses with different names draw different streams.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedsim.clients import OPTIMIZERS, Optimizer, make_optimizer
-from fedsim.posttrain import PostTrainingDefense
-from fedsim.runtime.seeding import derive_seed, generator, seeded_global_rng
+from fedsim.clients import OPTIMIZERS, ClientConfig, Optimizer, TrainStreams, local_train
+from fedsim.posttrain import PostTrainContext, PostTrainingDefense
 from fedsim.schema import NonNegativeInt, PositiveFloat, PositiveInt, UnitIntervalOpenHigh
 
 
 @contextmanager
-def scratch_model(simulation, params: Tensor) -> Iterator[nn.Module]:
-    """``simulation.model`` loaded with ``params``; its parameters and train/eval mode are put
-    back afterwards, whatever happens inside."""
-    model, layout = simulation.model, simulation.layout
-    saved, was_training = layout.flatten(model), model.training
-    layout.load(model, params.to(saved.device))
+def scratch_model(ctx: PostTrainContext, params: Tensor) -> Iterator[nn.Module]:
+    """``ctx.model`` (the context's scratch copy) loaded with ``params``; its train/eval mode is
+    put back afterwards, whatever happens inside."""
+    model = ctx.model
+    was_training = model.training
+    ctx.layout.load(model, params.to(ctx.device))
     try:
         yield model
     finally:
-        layout.load(model, saved)
         model.train(was_training)
 
 
-def train_on_aux(model: nn.Module, simulation, *, name: str, epochs: int, lr: float,
+def train_on_aux(model: nn.Module, ctx: PostTrainContext, *, name: str, epochs: int, lr: float,
                  momentum: float = 0.9, batch_size: int = 64, optimizer: str = "sgd",
-                 after_step: Callable[[], None] | None = None) -> list[float]:
-    """Train ``model`` in place on ``simulation.data.aux`` with cross-entropy; returns the mean
+                 after_step: Optional[Callable[[], None]] = None) -> list[float]:
+    """Train ``model`` in place, from the parameters it holds, on the context's auxiliary set
+    with cross-entropy (``local_train`` with the streams of (seed, ``name``)); returns the mean
     loss of each epoch. ``after_step`` runs after every optimizer step (e.g. to re-zero pruned
     channels). The model is left in train mode; the caller restores it."""
-    x, y, device = simulation.data.aux.x, simulation.data.aux.y, simulation.device
-    gen = generator(simulation.config.seed, name)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, optimizer, lr, momentum, 0.0)
-    losses: list[float] = []
-    model.train()
-    with seeded_global_rng(derive_seed(simulation.config.seed, name, "dropout"), device):
-        for _ in range(epochs):
-            order = torch.randperm(len(x), generator=gen)
-            total = 0.0
-            for start in range(0, len(x), batch_size):
-                idx = order[start:start + batch_size]
-                xb, yb = x[idx].to(device), y[idx].to(device)
-                loss = F.cross_entropy(model(simulation.normalize(xb)), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if after_step is not None:
-                    after_step()
-                total += float(loss.detach()) * len(idx)
-            losses.append(total / max(len(x), 1))
-    return losses
+    if epochs == 0:
+        return []
+    config = ClientConfig(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=0.0, epochs=epochs,
+                          batch_size=batch_size)
+    hook = None if after_step is None else (lambda _model: after_step())
+    res = local_train(model=model, layout=ctx.layout, global_params=ctx.layout.flatten(model), x=ctx.aux_x,
+                      y=ctx.aux_y, config=config, seed=ctx.seed, round=ctx.rounds, client_id=-1,
+                      normalize=ctx.normalize, streams=TrainStreams((ctx.seed, name), (ctx.seed, name, "dropout")),
+                      after_step=hook, loss_dtype=torch.float64)
+    return res.epoch_losses
 
 
 class FineTuning(PostTrainingDefense):
@@ -80,13 +66,15 @@ class FineTuning(PostTrainingDefense):
         batch_size: mini-batch size.
         optimizer: "sgd" or "adam".
         apply: make the fine-tuned model the simulation's final global model.
+        name: the summary key, file prefix and random-stream key.
     """
 
     name = "fine_tuning"
 
     def __init__(self, epochs: NonNegativeInt = 5, lr: PositiveFloat = 0.01, momentum: UnitIntervalOpenHigh = 0.9,
-                 batch_size: PositiveInt = 64, optimizer: Optimizer = "sgd", apply: bool = True) -> None:
-        super().__init__(apply=apply)
+                 batch_size: PositiveInt = 64, optimizer: Optimizer = "sgd", apply: bool = True,
+                 name: str = "fine_tuning") -> None:
+        super().__init__(apply=apply, name=name)
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"fine_tuning.epochs must be an int >= 0, got {epochs!r}")
         if not lr > 0:
@@ -100,15 +88,12 @@ class FineTuning(PostTrainingDefense):
         self.epochs, self.lr, self.momentum = epochs, lr, momentum
         self.batch_size, self.optimizer = batch_size, optimizer
 
-    def validate(self, model: nn.Module) -> None:
-        """Nothing to check: fine-tuning works on any model."""
-
-    def repair(self, simulation) -> tuple[Tensor, dict[str, Any]]:
-        with scratch_model(simulation, simulation.trained_params) as model:
+    def repair(self, ctx: PostTrainContext) -> tuple[Tensor, dict[str, Any]]:
+        with scratch_model(ctx, ctx.theta_t) as model:
             losses = train_on_aux(
-                model, simulation, name=self.name, epochs=self.epochs, lr=self.lr,
+                model, ctx, name=self.name, epochs=self.epochs, lr=self.lr,
                 momentum=self.momentum, batch_size=self.batch_size, optimizer=self.optimizer)
-            repaired = simulation.layout.flatten(model)
+            repaired = ctx.layout.flatten(model)
         info = {"epochs": self.epochs, "optimizer": self.optimizer, "loss_per_epoch": losses,
                 "train_loss": losses[-1] if losses else float("nan")}
         return repaired, info

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fedsim.posttrain import PostTrainingDefense
+from fedsim.posttrain import PostTrainContext, PostTrainingDefense, SetupContext
 from fedsim.repair.channels import find_layer, mean_activation, zero_channels
 from fedsim.repair.finetune import scratch_model
 from fedsim.runtime.seeding import generator
@@ -51,44 +51,51 @@ class FLPruning(PostTrainingDefense):
         num_voters: number of disjoint aux shards that vote (stand-ins for clients).
         prune_ratio: share of the channels each voter reports as dormant, in [0, 1].
         apply: make the repaired model the simulation's final global model.
+        name: the summary key, file prefix and random-stream key.
     """
 
     name = "fl_pruning"
 
     def __init__(self, layer: str | None = None, num_voters: PositiveInt = 10, prune_ratio: UnitInterval = 0.3,
-                 apply: bool = True) -> None:
-        super().__init__(apply=apply)
+                 apply: bool = True, name: str = "fl_pruning") -> None:
+        super().__init__(apply=apply, name=name)
         if not isinstance(num_voters, int) or num_voters < 1:
             raise ValueError(f"fl_pruning.num_voters must be an int >= 1, got {num_voters!r}")
         if not 0 <= prune_ratio <= 1:
             raise ValueError(f"fl_pruning.prune_ratio must be in [0, 1], got {prune_ratio!r}")
         self.layer, self.num_voters, self.prune_ratio = layer, num_voters, prune_ratio
 
-    def validate(self, model: nn.Module) -> None:
-        """Raise ValueError (listing the available layers) if ``layer`` is not in ``model``."""
-        find_layer(model, self.layer, "fl_pruning.layer")
+    def validate(self, setup: SetupContext) -> None:
+        """Before any data is loaded: ``layer`` must be in the model (the error lists the
+        available layers) and every voter needs at least one auxiliary sample."""
+        find_layer(setup.model, self.layer, "fl_pruning.layer")
+        self._check_voters(setup.aux_size)
 
-    def _shard_activations(self, model: nn.Module, target, simulation) -> Tensor:
+    def _check_voters(self, aux_size: int) -> None:
+        if self.num_voters > aux_size:
+            raise ValueError(f"fl_pruning.num_voters must be in [1, {aux_size}] (one auxiliary sample per voter at "
+                             f"least: the auxiliary set holds {aux_size}), got {self.num_voters}")
+
+    def _shard_activations(self, model: nn.Module, target, ctx: PostTrainContext) -> Tensor:
         """Mean activation of every channel on each voter's shard, ``[V, C]``."""
-        x = simulation.data.aux.x
-        if len(x) < self.num_voters:
-            raise ValueError(f"fl_pruning.num_voters ({self.num_voters}) exceeds the aux set size ({len(x)})")
-        perm = torch.randperm(len(x), generator=generator(simulation.config.seed, self.name))
+        x = ctx.aux_x
+        self._check_voters(len(x))
+        perm = torch.randperm(len(x), generator=generator(ctx.seed, self.name))
         return torch.stack([
-            mean_activation(model, target, x[shard], simulation.normalize, simulation.device)
+            mean_activation(model, target, x[shard], ctx.normalize, ctx.device)
             for shard in perm.tensor_split(self.num_voters)
         ])
 
-    def repair(self, simulation) -> tuple[Tensor, dict[str, Any]]:
-        with scratch_model(simulation, simulation.trained_params) as model:
+    def repair(self, ctx: PostTrainContext) -> tuple[Tensor, dict[str, Any]]:
+        with scratch_model(ctx, ctx.theta_t) as model:
             target = find_layer(model, self.layer, "fl_pruning.layer")
             model.eval()
-            activation = self._shard_activations(model, target, simulation)
+            activation = self._shard_activations(model, target, ctx)
             k = math.floor(self.prune_ratio * target.num_channels + 1e-9)
             votes, mask = majority_vote(dormant_sets(activation, k))
             pruned = mask.nonzero().flatten()
             zero_channels(target, pruned)
-            repaired = simulation.layout.flatten(model)
+            repaired = ctx.layout.flatten(model)
         info = {"layer": target.name, "pruned_channels": int(mask.sum()),
                 "total_channels": target.num_channels, "pruned_indices": pruned.tolist(),
                 "votes": votes.tolist(), "num_voters": self.num_voters}
