@@ -129,3 +129,18 @@ def test_stages_need_the_update_ratio():
         flain_repair(model, layout, theta0, theta_t, x, y, rank_eps=[0.01, 1.0])
     with pytest.raises(ValueError, match="flain.rank_eps must be > 0"):
         flain_repair(model, layout, theta0, theta_t, x, y, rank="update_ratio", rank_eps=[])
+
+
+def test_the_summary_of_stages_counts_each_neuron_once():
+    from flain.callback import summarize
+
+    model = nn.Sequential(nn.Linear(4, 2))
+    layout = ParamLayout(model)
+    theta0, theta_t = torch.zeros(layout.numel), torch.zeros(layout.numel)
+    layout.view(theta_t, "0.weight").copy_(torch.tensor([[5.0, 0.1, -0.1, 0.2], [5.0, 0.1, -0.1, 0.2]]))
+    x, y = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).repeat(8, 1), torch.zeros(8, dtype=torch.long)
+    _, results = flain_repair(model, layout, theta0, theta_t, x, y, ["0"], "exact", tolerance=1.0,
+                              rescale=False, k_cap=0.34, rank="update_ratio", rank_eps=[0.01, 0.01])
+    block = summarize(results)
+    assert block["total_neurons"] == 4 and block["flipped_neurons"] == 2 and block["rank"] == "update_ratio"
+    assert block["layers"] == ["0", "0#2"] and set(block["per_layer"]) == {"0", "0#2"}
