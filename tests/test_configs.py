@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "launch"))
 import experiments  # noqa: E402
 from fedsim.cli import _check_model, build_parser, trajectory  # noqa: E402
 from fedsim.data import EmbeddedMNIST, build_federated  # noqa: E402
+from fedsim.posttrain import SetupContext, validate_defenses  # noqa: E402
 from fedsim.data.datasets import CIFAR10, EMNIST, DatasetSplits, FashionMNIST, MNIST, Split  # noqa: E402
 from fedsim.loggers import LoggerConfig, RunLogger  # noqa: E402
 from fedsim.runtime.seeding import derive_seed  # noqa: E402
@@ -86,9 +87,9 @@ def instantiate(args: list[str], run_dir: Path):
     data = build_federated(stand_in(init.data, init.fed.num_clients, init.fed.aux_per_class), init.partition,
                            init.fed.num_clients, init.fed.aux_per_class, cfg.seed)
     _check_model(init.model, data)
-    for cb in callbacks:
-        if hasattr(cb, "validate"):
-            cb.validate(init.model)
+    # as fedsim.cli.execute: every post-training defense validated before any data or round
+    validate_defenses(callbacks, SetupContext.of(init.model, init.data.num_classes, init.fed.aux_per_class,
+                                                 init.fed.rounds, cfg.seed))
     fabric = Fabric(accelerator="cpu", devices=1, callbacks=callbacks)
     sim = Simulation(fabric, data, init.model, SimulationConfig(init.fed, init.client, cfg.seed, run_dir, trajectory(cfg)),
                      init.aggregator, init.attack, callbacks, RunLogger(LoggerConfig(), run_dir, True))
