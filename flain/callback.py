@@ -19,7 +19,7 @@ YAML::
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 from torch import Tensor
 
@@ -65,6 +65,8 @@ class FLAIN(PostTrainingDefense):
             activation (small: close to FLAIN's order; large: close to ranking by update norm).
             A list runs one stage per value on each layer, each on the neurons the earlier
             stages left and against the earlier stage's accuracy (reported as ``fc1#2``, ...).
+        max_drop: with stop "confident", also stop every layer's and stage's search where the aux
+            accuracy falls more than this below theta_T's (one budget for all; null = no cap).
         rescale: rescale the repaired layer to the Frobenius norm of its trained weights (the
             scripts do; in exact mode the rescaled layer is what the search evaluates).
         batch_size: batch size of the forward passes over the auxiliary set.
@@ -80,13 +82,15 @@ class FLAIN(PostTrainingDefense):
                  k_init: NonNegativeFloat = 0.001, k_step: PositiveFloat = 0.0001, k_cap: NonNegativeFloat = 1.0,
                  tolerance: UnitInterval = 0.001, stop: Stop = "drop", confidence: Confidence = 0.95,
                  rank: Rank = "activation", rank_eps: Union[PositiveFloat, list[PositiveFloat]] = 0.01,
+                 max_drop: Optional[UnitInterval] = None,
                  rescale: bool = True, batch_size: PositiveInt = 512, plots: bool = True,
                  apply: bool = True, name: str = "flain") -> None:
         super().__init__(apply=apply, name=name)
         layers = [layers] if isinstance(layers, str) else list(layers)
         check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence,
-                     rank, rank_eps)
+                     rank, rank_eps, max_drop)
         self.stop, self.confidence, self.rank, self.rank_eps = stop, confidence, rank, rank_eps
+        self.max_drop = max_drop
         self.layers, self.mode, self.rescale, self.plots = layers, mode, rescale, plots
         self.k_init, self.k_step, self.k_cap = k_init, k_step, k_cap
         self.tolerance, self.batch_size = tolerance, batch_size
@@ -106,7 +110,8 @@ class FLAIN(PostTrainingDefense):
             ctx.normalize(ctx.aux_x.to(device)), ctx.aux_y.to(device), self.layers, self.mode,
             self.k_init, self.k_step, self.k_cap, self.tolerance, self.rescale, self.batch_size,
             triggered_x=None if triggered is None else ctx.normalize(triggered.to(device)),
-            stop=self.stop, confidence=self.confidence, rank=self.rank, rank_eps=self.rank_eps)
+            stop=self.stop, confidence=self.confidence, rank=self.rank, rank_eps=self.rank_eps,
+            max_drop=self.max_drop)
         self._log(ctx, results)
         return vec, summarize(results)
 

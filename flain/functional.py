@@ -139,7 +139,8 @@ def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: s
                      tolerance: float = 0.001, acc_before: Optional[float] = None,
                      stop: str = "drop", confidence: float = 0.95,
                      aux_correct: Optional[Callable[[Tensor], Tensor]] = None,
-                     correct_before: Optional[Tensor] = None) -> ThresholdResult:
+                     correct_before: Optional[Tensor] = None, max_drop: Optional[float] = None,
+                     acc_ref: Optional[float] = None) -> ThresholdResult:
     """Searches the flip threshold. ``aux_acc(mask)`` returns the aux accuracy with the input
     neurons in ``mask`` (bool ``[in]``) flipped; ``acc_before`` defaults to ``aux_acc(no flips)``.
     The flipped sets are nested (the first n neurons by activation), so each is evaluated once.
@@ -171,7 +172,8 @@ def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: s
         before = value_of(0) if correct_before is None else correct_before
         acc0 = int(before.sum()) / before.numel() if acc_before is None else acc_before
         z = NormalDist().inv_cdf(confidence)
-        k, n, reached, curve = _confident(act, value_of, before, k_cap, tolerance, z)
+        cap = None if max_drop is None else ((acc0 if acc_ref is None else acc_ref), max_drop)
+        k, n, reached, curve = _confident(act, value_of, before, k_cap, tolerance, z, cap)
     else:
         acc0 = acc_of(0) if acc_before is None else acc_before
         search = _reference if mode == "reference" else _exact
@@ -193,16 +195,21 @@ def paired_drop_bound(before: Tensor, after: Tensor, z: float) -> tuple[float, f
     return diff / n, diff / n - z * se
 
 
-def _confident(act, correct_of, before, k_cap, tolerance, z):
+def _confident(act, correct_of, before, k_cap, tolerance, z, cap=None):
     """Exact-mode candidates; keep the last k before the first whose drop exceeds ``tolerance``
-    with the given confidence (its lower bound > tolerance), so one image never decides."""
+    with the given confidence (its lower bound > tolerance), so one image never decides.
+    ``cap = (acc_ref, max_drop)`` also stops at the first k whose observed accuracy is more than
+    ``max_drop`` below ``acc_ref`` (theta_T's), a hard budget shared by every layer and stage."""
     candidates = torch.unique(act[(act >= 0) & (act <= k_cap)])
     k, n, curve = None, 0, []
     for v in candidates.tolist():
         n_v = int(flip_mask(act, v).sum())
         correct = correct_of(n_v)
-        curve.append((v, int(correct.sum()) / correct.numel(), n_v))
+        acc = int(correct.sum()) / correct.numel()
+        curve.append((v, acc, n_v))
         if paired_drop_bound(before, correct, z)[1] > tolerance + 1e-12:
+            return k, n, True, curve
+        if cap is not None and cap[0] - acc > cap[1] + 1e-12:
             return k, n, True, curve
         k, n = v, n_v
     return k, n, False, curve
@@ -244,7 +251,8 @@ def _reference(act, acc_of, acc0, k_init, k_step, k_cap, tolerance):
 
 def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float, k_cap: float,
                  tolerance: float, batch_size: int, stop: str = "drop",
-                 confidence: float = 0.95, rank: str = "activation", rank_eps: float = 0.01) -> None:
+                 confidence: float = 0.95, rank: str = "activation", rank_eps: float = 0.01,
+                 max_drop: Optional[float] = None) -> None:
     """Raises ValueError naming the first invalid FLAIN setting."""
     if isinstance(layers, str) or len(layers) == 0 or len(set(layers)) != len(layers):
         raise ValueError(f"flain.layers must be a non-empty list of distinct module names, "
@@ -271,6 +279,9 @@ def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float,
     if not eps_list or not all(isinstance(e, (int, float)) and e > 0 for e in eps_list):
         raise ValueError(f"flain.rank_eps must be > 0 (or a non-empty list of such values, one "
                          f"stage each), got {rank_eps}")
+    if max_drop is not None and not (0 <= max_drop <= 1 and stop == "confident" and mode == "exact"):
+        raise ValueError(f"flain.max_drop must be null or in [0, 1] with mode='exact' and "
+                         f"stop='confident', got max_drop={max_drop}, mode={mode!r}, stop={stop!r}")
     if len(eps_list) > 1 and rank != "update_ratio":
         raise ValueError(f"flain.rank_eps as a list (stages) needs rank='update_ratio', got rank={rank!r}")
 
@@ -281,7 +292,8 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
                  k_cap: float = 1.0, tolerance: float = 0.001, rescale: bool = True,
                  batch_size: int = 512, triggered_x: Optional[Tensor] = None,
                  stop: str = "drop", confidence: float = 0.95, rank: str = "activation",
-                 rank_eps: float | Sequence[float] = 0.01) -> tuple[Tensor, list[ThresholdResult]]:
+                 rank_eps: float | Sequence[float] = 0.01, max_drop: Optional[float] = None
+                 ) -> tuple[Tensor, list[ThresholdResult]]:
     """Repairs ``theta_t`` with FLAIN; returns (repaired vector ``[numel]``, one result per
     layer). ``aux_x`` (and ``triggered_x``, only used to report activations on triggered inputs)
     must already be normalised; ``model`` is a scratch model (its parameters are overwritten).
@@ -291,25 +303,30 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
     ranks the neurons the earlier stages left unflipped with its own ``eps`` and searches
     against the accuracy of the model the earlier stage returned (each stage has its own
     tolerance, so the total drop is bounded by the stages' sum); stage i > 1 is reported as
-    layer ``<name>#i``."""
+    layer ``<name>#i``. ``max_drop`` (stop="confident" only) also stops every layer's and stage's
+    search where the aux accuracy falls more than ``max_drop`` below theta_T's: one budget for
+    all of them."""
     check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence,
-                 rank, rank_eps)
+                 rank, rank_eps, max_drop)
     if aux_x.shape[0] == 0:
         raise ValueError("flain: aux_x (simulation.data.aux) is empty; FLAIN needs clean "
                          "auxiliary samples")
     specs = [resolve_layer(model, name) for name in layers]
     stages = list(rank_eps) if isinstance(rank_eps, (list, tuple)) else [rank_eps]
-    vec, results, before = theta_t.clone(), [], None
+    vec, results, before, acc_ref = theta_t.clone(), [], None, None
     for spec in specs:
         res, before = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
                                     k_step, k_cap, tolerance, rescale, batch_size, before,
-                                    triggered_x, stop, confidence, rank, stages[0])
+                                    triggered_x, stop, confidence, rank, stages[0],
+                                    max_drop=max_drop, acc_ref=acc_ref)
+        acc_ref = int(before.sum()) / before.numel()  # theta_T's: the budget's reference
         results.append(res)
         done = flip_mask(res.order, res.k)  # this layer's neurons flipped so far
         for i, eps in enumerate(stages[1:], start=2):
             res, _ = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
                                    k_step, k_cap, tolerance, rescale, batch_size, None,
-                                   triggered_x, stop, confidence, rank, eps, exclude=done)
+                                   triggered_x, stop, confidence, rank, eps, exclude=done,
+                                   max_drop=max_drop, acc_ref=acc_ref)
             res.layer = f"{spec.name}#{i}"
             results.append(res)
             done = done | flip_mask(res.order, res.k)
@@ -318,7 +335,8 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
 
 def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mode, k_init,
                   k_step, k_cap, tolerance, rescale, batch_size, before, triggered_x, stop,
-                  confidence, rank="activation", rank_eps=0.01, exclude: Optional[Tensor] = None
+                  confidence, rank="activation", rank_eps=0.01, exclude: Optional[Tensor] = None,
+                  max_drop: Optional[float] = None, acc_ref: Optional[float] = None
                   ) -> tuple[ThresholdResult, Tensor]:
     """Searches and writes one layer's repaired weights into ``vec`` (in place). ``before`` is
     theta_T's per-input aux correctness (None for the first layer: measured here); returned."""
@@ -341,7 +359,7 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
                            acc_before=int(before.sum()) / before.numel(), stop=stop,
                            confidence=confidence,
                            aux_correct=lambda m: ev.correct(m, search_rescale),
-                           correct_before=before)
+                           correct_before=before, max_drop=max_drop, acc_ref=acc_ref)
     mask = flip_mask(ev.act, res.k)
     res.rescaled = rescale and (mode == "exact" or res.tolerance_reached)
     res.aux_acc_after = ev.accuracy(mask, res.rescaled)  # also moves ev to this mask

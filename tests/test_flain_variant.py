@@ -144,3 +144,38 @@ def test_the_summary_of_stages_counts_each_neuron_once():
     block = summarize(results)
     assert block["total_neurons"] == 4 and block["flipped_neurons"] == 2 and block["rank"] == "update_ratio"
     assert block["layers"] == ["0", "0#2"] and set(block["per_layer"]) == {"0", "0#2"}
+
+
+def test_max_drop_caps_what_the_confident_rule_would_still_accept():
+    """Each flipped neuron loses two aux images and wins one back: the paired bound stays below 0
+    up to 7 neurons (the confident rule stops at the 8th and keeps 7), but the observed drop is
+    j/100 after j of them, so max_drop = 0.025 keeps j = 2."""
+    from flain import search_threshold
+
+    act = torch.linspace(0.1, 0.8, 8)
+    before = torch.zeros(100, dtype=torch.bool)
+    before[:50] = True
+
+    def correct(mask):
+        out = before.clone()
+        for j in range(int(mask.sum())):
+            out[2 * j], out[2 * j + 1], out[50 + j] = False, False, True
+        return out
+
+    def acc(mask):
+        return float(correct(mask).float().mean())
+
+    kw = dict(mode="exact", stop="confident", tolerance=0.0, aux_correct=correct, correct_before=before)
+    assert search_threshold(act, acc, **kw).flipped == 7
+    capped = search_threshold(act, acc, max_drop=0.025, **kw)
+    assert capped.flipped == 2 and capped.tolerance_reached
+
+
+def test_max_drop_needs_the_confident_rule():
+    from tests.test_flain import small_setup
+
+    model, layout, theta0, theta_t, x, y = small_setup(seed=1)
+    with pytest.raises(ValueError, match="flain.max_drop must be null or in \\[0, 1\\] with mode='exact' and stop='confident'"):
+        flain_repair(model, layout, theta0, theta_t, x, y, max_drop=0.01)
+    vec, (res,) = flain_repair(model, layout, theta0, theta_t, x, y, stop="confident", tolerance=0.0, max_drop=0.0)
+    assert res.aux_acc_before - res.aux_acc_after <= 1e-12  # a zero budget: nothing that loses accuracy
