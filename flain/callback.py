@@ -156,7 +156,7 @@ def summarize(results: list[ThresholdResult]) -> dict[str, Any]:
         (lambda key: [per_layer[r.layer][key] for r in results])
     return {"mode": results[0].mode, "stop": results[0].stop, "rank": results[0].rank, "layers": [r.layer for r in results], "k": pick("k"),
             "flipped_neurons": sum(r.flipped for r in results),
-            "total_neurons": sum(r.total for r in results if "#" not in r.layer),  # stages: once
+            "total_neurons": sum(r.total for r in results if r.stage == 1),  # each layer once
             "aux_acc_before": results[0].aux_acc_before, "aux_acc_after": results[-1].aux_acc_after,
             "tolerance_reached": pick("tolerance_reached"), "curve": pick("curve"),
             "per_layer": per_layer}

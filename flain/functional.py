@@ -132,6 +132,7 @@ class ThresholdResult:
     stop: str = "drop"  # exact mode's stopping rule ("drop" / "confident"); "first" in reference
     rank: str = "activation"  # the neurons' order: by activation (FLAIN) or "update_ratio"
     order: Optional[Tensor] = None  # [in] the values the search thresholded (activations or pseudo)
+    stage: int = 1  # with a list of rank_eps: the stage on this layer (reported as "<layer>#<stage>")
 
 
 def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: str = "exact",
@@ -327,7 +328,7 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
                                    k_step, k_cap, tolerance, rescale, batch_size, None,
                                    triggered_x, stop, confidence, rank, eps, exclude=done,
                                    max_drop=max_drop, acc_ref=acc_ref)
-            res.layer = f"{spec.name}#{i}"
+            res.layer, res.stage = f"{spec.name}#{i}", i
             results.append(res)
             done = done | flip_mask(res.order, res.k)
     return vec, results

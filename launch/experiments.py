@@ -309,24 +309,23 @@ def run_grid(grid: Grid, processes: int = 1, dry_run: bool = False, python: str 
         raise ValueError(f"--processes must be >= 1, got {processes}")
     cells = expand(grid)
     status = {c.run_dir: "skipped (summary.json exists)" for c in cells if is_done(c)}
-    status.update({c.run_dir: f"waiting (its source {c.source} has not finished)"
-                   for c in cells if not is_done(c) and not is_ready(c)})
+    waiting = [c for c in cells if c.run_dir not in status and not is_ready(c)]
+    status.update({c.run_dir: f"waiting (its source {c.source} has not finished)" for c in waiting})
     todo = [c for c in cells if c.run_dir not in status]
-    waiting = sum(1 for c in cells if not is_done(c) and not is_ready(c))
     if dry_run:
         for c in cells:
-            state = "run " if c.run_dir not in status else ("skip" if is_done(c) else "wait")
+            state = "run " if c.run_dir not in status else ("wait" if c in waiting else "skip")
             print(state, " ".join(["python", "launch/train.py", *c.args]))
-        return {"ran": 0, "skipped": len(cells) - len(todo) - waiting, "failed": 0, "pending": len(todo),
-                "waiting": waiting}
+        return {"ran": 0, "skipped": len(cells) - len(todo) - len(waiting), "failed": 0, "pending": len(todo),
+                "waiting": len(waiting)}
     cells_json = Path(grid.out_dir) / "cells.json"
     write_cells(grid, cells, status, cells_json)
     cores = int(os.environ.get("FEDSIM_CPU_PROCESSES") or os.cpu_count() or 1)  # as train.py's devices: auto
     devices = max(1, cores // processes)
     failed = _run_all(todo, processes, devices, python, status)
     write_cells(grid, cells, status, cells_json)
-    counts = {"ran": len(todo) - failed, "skipped": len(cells) - len(todo) - waiting, "failed": failed}
-    return {**counts, "waiting": waiting} if waiting else counts
+    counts = {"ran": len(todo) - failed, "skipped": len(cells) - len(todo) - len(waiting), "failed": failed}
+    return {**counts, "waiting": len(waiting)} if waiting else counts
 
 
 def _run_all(todo: list[Cell], processes: int, devices: int, python: str, status: dict[str, str]) -> int:

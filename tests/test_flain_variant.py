@@ -31,13 +31,10 @@ def test_update_ratio_order_by_hand():
     assert torch.equal(flipped[0], torch.tensor([-1.0, -2.0, 0.1, 5.0, 0.5]))
 
 
-def test_activation_ranking_skips_an_active_neuron_with_a_disproportionate_update():
-    """The dormancy-aware attacker's case: the backdoor column belongs to an active neuron.
-
-    fc1 has 4 inputs with clean activations 1, 1, 1, 0 (neuron 3 dormant). Column 0 got an
-    update 50 times larger than columns 1-2 although all three are equally active. FLAIN (by
-    activation, k_cap 0.5) can only flip neuron 3; the update ratio ranks neuron 3 first and
-    neuron 0 second, so with k_cap 0.5 (half the neurons) it flips exactly those two."""
+def four_inputs():
+    """A Linear(4, 2) layer from theta_0 = 0 with clean activations 1, 1, 1, 0 (neuron 3 dormant)
+    and trained columns 5, 0.1, -0.1, 0.2: column 0 moved 50 times more than columns 1-2.
+    Returns (model, layout, theta0, theta_t, w_t, x, y)."""
     model = nn.Sequential(nn.Linear(4, 2))
     layout = ParamLayout(model)
     theta0 = torch.zeros(layout.numel)
@@ -46,7 +43,17 @@ def test_activation_ranking_skips_an_active_neuron_with_a_disproportionate_updat
     theta_t = theta0.clone()
     layout.view(theta_t, "0.weight").copy_(w)
     x = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).repeat(8, 1)
-    y = torch.zeros(8, dtype=torch.long)
+    return model, layout, theta0, theta_t, w, x, torch.zeros(8, dtype=torch.long)
+
+
+def test_activation_ranking_skips_an_active_neuron_with_a_disproportionate_update():
+    """The dormancy-aware attacker's case: the backdoor column belongs to an active neuron.
+
+    fc1 has 4 inputs with clean activations 1, 1, 1, 0 (neuron 3 dormant). Column 0 got an
+    update 50 times larger than columns 1-2 although all three are equally active. FLAIN (by
+    activation, k_cap 0.5) can only flip neuron 3; the update ratio ranks neuron 3 first and
+    neuron 0 second, so with k_cap 0.5 (half the neurons) it flips exactly those two."""
+    model, layout, theta0, theta_t, w, x, y = four_inputs()
     _, (by_act,) = flain_repair(model, layout, theta0, theta_t, x, y, ["0"], "exact",
                                 tolerance=1.0, rescale=False, k_cap=0.5)
     assert by_act.flipped == 1  # below k_cap = 0.5 only the dormant neuron is eligible
@@ -101,17 +108,9 @@ def test_the_callback_passes_rank_through_and_reports_it(tmp_path):
 
 
 def test_stages_rank_the_remaining_neurons_against_the_previous_stage():
-    """Two stages on the 4-input example: stage 1 (k_cap 0.25: one neuron) flips the dormant
+    """Two stages on the 4-input example: stage 1 (k_cap 0.34: one of the four) flips the dormant
     neuron 3, stage 2 ranks only neurons 0-2 and flips neuron 0 first; nothing is flipped back."""
-    model = nn.Sequential(nn.Linear(4, 2))
-    layout = ParamLayout(model)
-    theta0 = torch.zeros(layout.numel)
-    w = torch.zeros(2, 4)
-    w[:, 0], w[:, 1], w[:, 2], w[:, 3] = 5.0, 0.1, -0.1, 0.2
-    theta_t = theta0.clone()
-    layout.view(theta_t, "0.weight").copy_(w)
-    x = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).repeat(8, 1)
-    y = torch.zeros(8, dtype=torch.long)
+    model, layout, theta0, theta_t, w, x, y = four_inputs()
     vec, results = flain_repair(model, layout, theta0, theta_t, x, y, ["0"], "exact", tolerance=1.0,
                                 rescale=False, k_cap=0.34, rank="update_ratio", rank_eps=[0.01, 0.01])
     assert [r.layer for r in results] == ["0", "0#2"] and [r.flipped for r in results] == [1, 1]
@@ -134,16 +133,13 @@ def test_stages_need_the_update_ratio():
 def test_the_summary_of_stages_counts_each_neuron_once():
     from flain.callback import summarize
 
-    model = nn.Sequential(nn.Linear(4, 2))
-    layout = ParamLayout(model)
-    theta0, theta_t = torch.zeros(layout.numel), torch.zeros(layout.numel)
-    layout.view(theta_t, "0.weight").copy_(torch.tensor([[5.0, 0.1, -0.1, 0.2], [5.0, 0.1, -0.1, 0.2]]))
-    x, y = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).repeat(8, 1), torch.zeros(8, dtype=torch.long)
+    model, layout, theta0, theta_t, _, x, y = four_inputs()
     _, results = flain_repair(model, layout, theta0, theta_t, x, y, ["0"], "exact", tolerance=1.0,
                               rescale=False, k_cap=0.34, rank="update_ratio", rank_eps=[0.01, 0.01])
     block = summarize(results)
     assert block["total_neurons"] == 4 and block["flipped_neurons"] == 2 and block["rank"] == "update_ratio"
     assert block["layers"] == ["0", "0#2"] and set(block["per_layer"]) == {"0", "0#2"}
+    assert [r.stage for r in results] == [1, 2]
 
 
 def test_max_drop_caps_what_the_confident_rule_would_still_accept():
