@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Sequence, Union
 
+import torch
 from torch import Tensor
 
+from fedsim.clients import OPTIMIZERS, Optimizer
 from fedsim.posttrain import PostTrainContext, PostTrainingDefense, SetupContext
+from fedsim.repair.finetune import scratch_model, train_on_aux
 from flain.activations import resolve_layer
-from fedsim.schema import NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval, bounded
-from flain.functional import MODES, RANKS, STOPS, ThresholdResult, check_config, flain_repair
+from fedsim.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, bounded
+from flain.functional import MODES, RANKS, STOPS, ThresholdResult, check_config, flain_repair, flip_mask
 from flain.plots import plot_activations, plot_threshold
 
 Mode = Literal[MODES]  # the schema's choices are flain.functional's
@@ -67,6 +70,15 @@ class FLAIN(PostTrainingDefense):
             stages left and against the earlier stage's accuracy (reported as ``fc1#2``, ...).
         max_drop: with stop "confident", also stop every layer's and stage's search where the aux
             accuracy falls more than this below theta_T's (one budget for all; null = no cap).
+        finetune_epochs: after flipping, fine-tune the repaired model this many passes over the
+            auxiliary set (0: none, FLAIN as published). The flipped weight columns are held at
+            their flipped values after every step (``finetune_freeze``), so the fine-tuning
+            can give back the clean accuracy the flips cost but cannot undo the flips.
+        finetune_lr: learning rate of that fine-tuning.
+        finetune_optimizer: "adam" or "sgd" (momentum 0.9).
+        finetune_batch_size: its mini-batch size.
+        finetune_freeze: hold the flipped columns fixed during the fine-tuning (False: every
+            parameter trains).
         rescale: rescale the repaired layer to the Frobenius norm of its trained weights (the
             scripts do; in exact mode the rescaled layer is what the search evaluates).
         batch_size: batch size of the forward passes over the auxiliary set.
@@ -83,6 +95,9 @@ class FLAIN(PostTrainingDefense):
                  tolerance: UnitInterval = 0.001, stop: Stop = "drop", confidence: Confidence = 0.95,
                  rank: Rank = "activation", rank_eps: Union[PositiveFloat, list[PositiveFloat]] = 0.01,
                  max_drop: Optional[UnitInterval] = None,
+                 finetune_epochs: NonNegativeInt = 0, finetune_lr: PositiveFloat = 1e-4,
+                 finetune_optimizer: Optimizer = "adam", finetune_batch_size: PositiveInt = 64,
+                 finetune_freeze: bool = True,
                  rescale: bool = True, batch_size: PositiveInt = 512, plots: bool = True,
                  apply: bool = True, name: str = "flain") -> None:
         super().__init__(apply=apply, name=name)
@@ -91,6 +106,17 @@ class FLAIN(PostTrainingDefense):
                      rank, rank_eps, max_drop)
         self.stop, self.confidence, self.rank, self.rank_eps = stop, confidence, rank, rank_eps
         self.max_drop = max_drop
+        if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+            raise ValueError(f"flain.finetune_epochs must be an int >= 0, got {finetune_epochs!r}")
+        if not finetune_lr > 0:
+            raise ValueError(f"flain.finetune_lr must be > 0, got {finetune_lr!r}")
+        if finetune_optimizer not in OPTIMIZERS:
+            raise ValueError(f"flain.finetune_optimizer must be one of {list(OPTIMIZERS)}, got {finetune_optimizer!r}")
+        if not isinstance(finetune_batch_size, int) or finetune_batch_size < 1:
+            raise ValueError(f"flain.finetune_batch_size must be an int >= 1, got {finetune_batch_size!r}")
+        self.finetune_epochs, self.finetune_lr = finetune_epochs, finetune_lr
+        self.finetune_optimizer, self.finetune_batch_size = finetune_optimizer, finetune_batch_size
+        self.finetune_freeze = finetune_freeze
         self.layers, self.mode, self.rescale, self.plots = layers, mode, rescale, plots
         self.k_init, self.k_step, self.k_cap = k_init, k_step, k_cap
         self.tolerance, self.batch_size = tolerance, batch_size
@@ -113,7 +139,36 @@ class FLAIN(PostTrainingDefense):
             stop=self.stop, confidence=self.confidence, rank=self.rank, rank_eps=self.rank_eps,
             max_drop=self.max_drop)
         self._log(ctx, results)
-        return vec, summarize(results)
+        info = summarize(results)
+        if self.finetune_epochs > 0:
+            vec, info["finetune"] = self._finetune(ctx, vec, results)
+        return vec, info
+
+    def _finetune(self, ctx: PostTrainContext, vec: Tensor, results: list[ThresholdResult]
+                  ) -> tuple[Tensor, dict[str, Any]]:
+        """Fine-tunes the flipped model on the aux set; the flipped columns stay as flipped."""
+        flipped: dict[str, Tensor] = {}  # layer -> bool [in], over all its stages
+        for r in results:
+            layer = r.layer.split("#")[0]
+            mask = flip_mask(r.order, r.k)
+            flipped[layer] = mask if layer not in flipped else flipped[layer] | mask
+        with scratch_model(ctx, vec) as model:
+            modules = dict(model.named_modules())
+            held = {layer: modules[layer].weight.detach()[:, mask].clone()
+                    for layer, mask in flipped.items() if self.finetune_freeze and mask.any()}
+
+            def hold() -> None:
+                with torch.no_grad():
+                    for layer, values in held.items():
+                        modules[layer].weight[:, flipped[layer]] = values
+
+            losses = train_on_aux(model, ctx, name=f"{self.name}_finetune", epochs=self.finetune_epochs,
+                                  lr=self.finetune_lr, batch_size=self.finetune_batch_size,
+                                  optimizer=self.finetune_optimizer, after_step=hold if held else None)
+            out = ctx.layout.flatten(model)
+        return out, {"epochs": self.finetune_epochs, "lr": self.finetune_lr,
+                     "optimizer": self.finetune_optimizer, "frozen_columns": int(sum(m.sum() for m in flipped.values()))
+                     if self.finetune_freeze else 0, "loss_per_epoch": losses}
 
     def _log(self, ctx: PostTrainContext, results: list[ThresholdResult]) -> None:
         step, logger = ctx.rounds, ctx.logger

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fedsim.params import ParamLayout
-from flain import flain_repair
+from flain import FLAIN, flain_repair
 from flain.functional import column_norms, flip_columns, update_ratio_order
 
 
@@ -175,3 +175,46 @@ def test_max_drop_needs_the_confident_rule():
         flain_repair(model, layout, theta0, theta_t, x, y, max_drop=0.01)
     vec, (res,) = flain_repair(model, layout, theta0, theta_t, x, y, stop="confident", tolerance=0.0, max_drop=0.0)
     assert res.aux_acc_before - res.aux_acc_after <= 1e-12  # a zero budget: nothing that loses accuracy
+
+
+# ---------------------------------------------------------------- fine-tuning after the flips
+
+
+def test_finetune_trains_the_model_but_holds_the_flipped_columns(tmp_path):
+    """``finetune_epochs``: the repaired model is the flipped one fine-tuned on the aux set. Every
+    flipped fc1 column keeps its flipped value bit for bit; the rest of the network moves; without
+    ``finetune_freeze`` the flipped columns move too. Fine-tuning 0 epochs is plain FLAIN."""
+    from types import SimpleNamespace
+
+    from tests.test_flain import fake_sim
+
+    zero = SimpleNamespace(is_global_zero=True)
+    plain, tuned, loose = fake_sim(tmp_path), fake_sim(tmp_path), fake_sim(tmp_path)
+    FLAIN(layers=["fc1"], tolerance=0.05, rescale=False, plots=False).on_train_end(zero, plain)
+    FLAIN(layers=["fc1"], tolerance=0.05, rescale=False, plots=False, finetune_epochs=2, finetune_lr=0.01).on_train_end(zero, tuned)
+    FLAIN(layers=["fc1"], tolerance=0.05, rescale=False, plots=False, finetune_epochs=2, finetune_lr=0.01,
+          finetune_freeze=False).on_train_end(zero, loose)
+    flipped_vec, tuned_vec, loose_vec = (s.saved["flain_repaired.pt"] for s in (plain, tuned, loose))
+    res = plain.summary["flain"]
+    assert res["flipped_neurons"] > 0 and "finetune" not in res
+    layout = plain.layout
+    mask = ~torch.isclose(layout.view(flipped_vec, "fc1.weight"), layout.view(plain.trained_params, "fc1.weight")).all(0)
+    assert int(mask.sum()) == res["flipped_neurons"]  # the flipped columns, found from the weights
+    w_flip, w_tuned, w_loose = (layout.view(v, "fc1.weight") for v in (flipped_vec, tuned_vec, loose_vec))
+    assert torch.equal(w_tuned[:, mask], w_flip[:, mask])  # held exactly
+    assert not torch.equal(w_tuned[:, ~mask], w_flip[:, ~mask])  # the others trained
+    assert not torch.equal(layout.view(tuned_vec, "conv1.weight"), layout.view(flipped_vec, "conv1.weight"))
+    assert not torch.equal(w_loose[:, mask], w_flip[:, mask])  # unfrozen: they move as well
+    block = tuned.summary["flain"]["finetune"]
+    assert block["epochs"] == 2 and block["frozen_columns"] == res["flipped_neurons"]
+    assert len(block["loss_per_epoch"]) == 2 and loose.summary["flain"]["finetune"]["frozen_columns"] == 0
+    assert tuned.summary["flain"]["flipped_neurons"] == res["flipped_neurons"]  # same flips, then tuning
+
+
+def test_finetune_settings_are_checked():
+    with pytest.raises(ValueError, match=r"flain.finetune_epochs must be an int >= 0, got -1"):
+        FLAIN(finetune_epochs=-1)
+    with pytest.raises(ValueError, match=r"flain.finetune_optimizer must be one of \['sgd', 'adam'\], got 'rmsprop'"):
+        FLAIN(finetune_optimizer="rmsprop")
+    with pytest.raises(ValueError, match=r"flain.finetune_lr must be > 0, got 0"):
+        FLAIN(finetune_lr=0)
