@@ -17,11 +17,13 @@ from fedsim.attacks import (
     BadNets,
     ClientContext,
     DormancyAware,
+    RatioAware,
     Scaling,
     Schedule,
 )
 from fedsim.attacks.camouflage import camouflage_term
 from fedsim.attacks.dormancy import lowest
+from fedsim.attacks.ratio import cap_ratios
 from fedsim.clients import ClientConfig, local_train
 from fedsim.data import EmbeddedMNIST
 from fedsim.params import ParamLayout
@@ -131,6 +133,51 @@ def test_dormancy_aware_training_leaves_dormant_columns_exactly_at_the_global_we
     cols = fc1_columns(layout, update)
     assert torch.all(cols[:, dormant] == 0)  # exactly, through PGD and scaling
     assert (cols[:, ~dormant] != 0).float().mean() > 0.5  # the active columns trained
+    conv = update[layout["conv1.weight"].slice]
+    assert (conv != 0).all()  # other layers are free
+
+
+# ---------------------------------------------------------------- ratio-aware
+
+
+def _ratios(u, act, eps=0.01):
+    return u.double().pow(2).sum(0).sqrt() / (act.double() + eps * act[act > 0].double().mean())
+
+
+def test_cap_ratios_by_hand():
+    """Activations 1, 1, 1, 0; column norms 5, 1, 2, 0.5; eps 0.5 -> floor 0.5, ratios 10/3, 2/3,
+    4/3, 1. The median of the active ratios (2/3, 4/3, 10/3) is 4/3: column 0 shrinks to 4/3 of
+    its denominator (norm 2); columns 1, 2 and the dormant column 3 (ratio 1) stay."""
+    act = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    u = torch.zeros(2, 4)
+    u[0] = torch.tensor([3.0, 1.0, 2.0, 0.5])
+    u[1, 0] = 4.0
+    out = cap_ratios(u, act, quantile=0.5, slack=1.0, eps=0.5)
+    norms = out.pow(2).sum(0).sqrt()
+    assert torch.allclose(norms, torch.tensor([2.0, 1.0, 2.0, 0.5]))  # dormant ratio 1 < 4/3: kept
+    assert torch.allclose(out[:, 0], u[:, 0] * 0.4)  # shrunk along its own direction
+    assert torch.equal(out[:, 1:], u[:, 1:])
+    assert torch.equal(cap_ratios(out, act, 0.5, 1.0, 0.5), out)  # a projection: applying twice changes nothing
+    assert torch.equal(cap_ratios(u, torch.zeros(4), 0.5, 1.0, 0.5), u)  # no active column: nothing to compare
+
+
+def test_ratio_aware_training_keeps_every_column_ratio_under_the_bound(mnist):
+    """Trained with BadNets + dormancy-aware + ratio-aware, the fc1 update has no column whose
+    update ratio is above the median of the updated active columns' (quantile 0.5, slack 1), the dormant
+    columns stay exactly zero, and plain BadNets in the same client has columns far above it."""
+    x, y, _, _ = mnist
+    model, layout = model_and_layout()
+    part = RatioAware(quantile=0.5)
+    attack = connect(Attack(BadNets(target=5), [DormancyAware(dormant_fraction=0.5), part]), layout)
+    update = train(model, layout, x[:256], y[:256], attack)
+    act = part.activations["fc1"]
+    r = _ratios(fc1_columns(layout, update), act)
+    bound = torch.quantile(r[(act > 0) & (r > 0)], 0.5)
+    assert r.max() <= bound * (1 + 1e-5)  # float32 weights
+    plain = train(model, layout, x[:256], y[:256], connect(Attack(BadNets(target=5)), layout))
+    r0 = _ratios(fc1_columns(layout, plain), act)
+    assert r0.max() > 2 * torch.quantile(r0[act > 0], 0.5)  # what the constraint removed
+    assert torch.all(fc1_columns(layout, update)[:, attack.model[0].dormant["fc1"]] == 0)
     conv = update[layout["conv1.weight"].slice]
     assert (conv != 0).all()  # other layers are free
 
@@ -263,6 +310,10 @@ def test_extra_loss_sums_model_parts_and_is_none_without_terms():
         (lambda: DormancyAware(layers=["fc1", "fc1"]), "DormancyAware.layers"),
         (lambda: DormancyAware(batch_size=0), "DormancyAware.batch_size"),
         (lambda: connect(DormancyAware(layers=["fc9"]), model_and_layout()[1]), "DormancyAware.layers"),
+        (lambda: RatioAware(quantile=1.5), "RatioAware.quantile"),
+        (lambda: RatioAware(slack=0.0), "RatioAware.slack"),
+        (lambda: RatioAware(layers=[]), "RatioAware.layers"),
+        (lambda: connect(RatioAware(layers=["fc9"]), model_and_layout()[1]), "RatioAware.layers"),
         (lambda: ActivationCamouflage(lam=-1.0), "ActivationCamouflage.lam"),
         (lambda: ActivationCamouflage(dormant_fraction=0.0), "ActivationCamouflage.dormant_fraction"),
         (lambda: connect(ActivationCamouflage(layer="conv9"), model_and_layout()[1]), "ActivationCamouflage.layer"),
@@ -286,7 +337,8 @@ def test_invalid_adaptive_config_raises_value_error_naming_the_field(make, field
 OVERLAYS = sorted((ROOT / "configs" / "attacks" / "adaptive").glob("*.yaml"))
 PAPER = [ROOT / "configs" / "paper" / "attacks" / f for f in
          ("badnets_dormancy.yaml", "badnets_camouflage.yaml", "a3fl.yaml", "badnets_dormancy_pgd.yaml",
-          "badnets_dormancy_camouflage.yaml", "badnets_dormancy_scaling.yaml", "a3fl_neurotoxin.yaml")]
+          "badnets_dormancy_camouflage.yaml", "badnets_dormancy_scaling.yaml", "a3fl_neurotoxin.yaml",
+          "badnets_dormancy_ratio_scaling.yaml")]
 
 
 @pytest.mark.parametrize("base, overlay", [("configs/quickstart.yaml", p) for p in OVERLAYS]
@@ -300,7 +352,7 @@ def test_adaptive_overlays_parse_and_compose(base, overlay):
     attack = init.attack
     assert isinstance(attack, Attack) and isinstance(attack.schedule, Schedule)
     kinds = {type(attack.data).__name__} | {type(m).__name__ for m in attack.model}
-    assert kinds & {"A3FL", "DormancyAware", "ActivationCamouflage"}
+    assert kinds & {"A3FL", "DormancyAware", "ActivationCamouflage", "RatioAware"}
 
 
 # ---------------------------------------------------------------- end to end

@@ -9,6 +9,7 @@ from fedsim.attacks.camouflage import ActivationCamouflage
 from fedsim.attacks.dormancy import DormancyAware
 from fedsim.attacks.model import PGD, Neurotoxin, Scaling
 from fedsim.attacks.poison import EdgeCase, LabelFlip, TargetedPoison
+from fedsim.attacks.ratio import RatioAware
 from fedsim.attacks.schedule import Schedule, fraction_count
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ModelPoison",
     "Neurotoxin",
     "PGD",
+    "RatioAware",
     "Scaling",
     "Schedule",
     "TargetedPoison",
