@@ -5,7 +5,9 @@
 
 Written for the evaluation of FLAIN (Ding, Yang, Huang, arXiv 2408.08655, ICMR 2025). Rows are
 the combinations of every axis except the column axis (default "defense"), in grid order;
-columns are the column axis's values. A cell reads "ACC / ASR" in percent, mean ± sample std
+columns are the column axis's values; where the column axis holds training-time defenses besides
+``fedavg`` (aggregators such as Krum or DeepSight), a last column names each row's best of them
+(lowest mean ASR, then highest ACC: ``best_robust``). A cell reads "ACC / ASR" in percent, mean ± sample std
 (n - 1) over the seeds that finished. Where a run's summary.json holds a post-training block
 (FLAIN or another ``fedsim.posttrain.PostTrainingDefense``: a dict with ``acc_before`` and
 ``acc_after``) the cell reads "before -> after" for that block: the one named like the column,
@@ -269,11 +271,48 @@ def summary_by_column(rows, cols, groups) -> str:
     return "\n".join(lines) if any_row else ""
 
 
-def markdown_table(row_axes, rows, cols, groups) -> str:
-    head = [*row_axes, *cols] if row_axes else ["", *cols]
+def robust_columns(cols, groups, baseline: str = "fedavg") -> list[str]:
+    """The training-time defenses among the columns: a column value with no post-training
+    pseudo-columns (``x+block``), whose runs carry no post-training block, other than
+    ``baseline`` (FedAvg, the undefended reference)."""
+    def trained_only(c):
+        nums = [n for key, ns in groups.items() if key[1] == c for n in ns]
+        return nums and not any("acc_after" in n for n in nums)
+    return [c for c in cols if "+" not in c and c != baseline and not any(o.startswith(c + "+") for o in cols)
+            and trained_only(c)]
+
+
+def best_robust(rows, cols, groups, baseline: str = "fedavg") -> dict[tuple[str, ...], tuple[str, list]]:
+    """Per row: the robust column (``robust_columns``) with the lowest mean ASR over its seeds,
+    ties broken by the higher mean clean accuracy: {row: (column, its numbers)}. Empty when the
+    grid has no ``baseline`` column or no robust column."""
+    if baseline not in cols:  # "robust" is relative to the undefended FedAvg of the same grid
+        return {}
+    candidates = robust_columns(cols, groups, baseline)
+    best = {}
+    for row in rows:
+        scored = []
+        for c in candidates:
+            nums = [n for n in groups.get((row, c), []) if "asr" in n and "acc" in n]
+            if nums:
+                scored.append((mean_std([n["asr"] for n in nums])[0], -mean_std([n["acc"] for n in nums])[0], c, nums))
+        if scored:
+            _, _, c, nums = min(scored, key=lambda t: (t[0], t[1]))
+            best[row] = (c, nums)
+    return best
+
+
+def markdown_table(row_axes, rows, cols, groups, best: Optional[dict] = None) -> str:
+    """The results table; with ``best`` (``best_robust``) a last column "best robust aggregator"
+    shows that row's best training-time defense and its ACC / ASR."""
+    extra = ["best robust aggregator"] if best else []
+    head = [*row_axes, *cols, *extra] if row_axes else ["", *cols, *extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [format_cell(groups.get((row, c), [])) for c in cols]
+        if best:
+            c, nums = best.get(row, ("", []))
+            cells.append(f"{c}: {format_cell(nums)}" if c else "–")
         lines.append("| " + " | ".join([*(row or ("all",)), *cells]) + " |")
     return "\n".join(lines)
 
@@ -519,7 +558,8 @@ def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", p
     runs = expand_post(raw_runs, column)
     row_axes, rows, cols, groups = aggregate(axes, runs, column)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(row_axes, rows, cols, groups)
+    best = best_robust(rows, cols, groups)
+    table = markdown_table(row_axes, rows, cols, groups, best)
     write_csv(out_dir / "results.csv", row_axes, rows, cols, groups)
     figures = []
     if plots:
