@@ -57,16 +57,31 @@ METRICS = ("acc", "asr")
 
 def load_grids(grid_dirs: list[str]) -> tuple[dict[str, list[str]], list[dict[str, Any]], dict[str, list[str]]]:
     """(axes, runs, commits) of one or more grids: axes merged (values in first-seen order),
-    runs concatenated, commits per grid name (from each ``cells.json``)."""
+    runs concatenated, commits per grid name (from each ``cells.json``). A cell that is in
+    several grids (same axis values and seed: a ``resume_from`` grid's cell and its source) is
+    one run whose summary holds the post-training blocks of all of them (the first grid's trained
+    model and, for a block name in several grids, the first grid's block)."""
     axes: dict[str, list[str]] = {}
     runs: list[dict[str, Any]] = []
     commits: dict[str, list[str]] = {}
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
     for grid_dir in grid_dirs:
         a, r = load_runs(Path(grid_dir))
         for axis, values in a.items():
             axes.setdefault(axis, [])
             axes[axis] += [v for v in values if v not in axes[axis]]
-        runs += r
+        for run in r:
+            key = (json.dumps(run["values"], sort_keys=True), run["seed"])
+            first = seen.get(key)
+            if first is None:
+                seen[key] = run
+                runs.append(run)
+            elif run["summary"] is not None:  # the same cell in another grid (resume_from): one run, all blocks
+                if first["summary"] is None:
+                    first["summary"] = run["summary"]
+                else:
+                    extra = {k: v for k, v in post_blocks(run["summary"]).items() if k not in first["summary"]}
+                    first["summary"] = {**first["summary"], **extra}
         doc = json.loads((Path(grid_dir) / "cells.json").read_text())
         commits[doc.get("name") or Path(grid_dir).name] = doc.get("commits", [])
     return axes, runs, commits

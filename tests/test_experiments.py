@@ -426,3 +426,26 @@ def test_best_robust_aggregator_is_the_lowest_asr_per_row_then_the_highest_accur
     assert table[0].endswith("| best robust aggregator |")
     assert table[2].endswith("| krum: 96.0 ± 1.4 / 3.0 ± 1.4 |") and table[3].endswith("| deepsight: 97.0 / 0.0 |")
     assert report.best_robust(rows, ["krum", "deepsight"], groups) == {}  # no FedAvg to be robust against
+
+
+def test_a_cell_in_two_grids_is_one_run_with_the_blocks_of_both(tmp_path):
+    """A resume_from grid's cell and its source cell (same axis values and seed) are reported as
+    one run: its trained model once (no duplicated seed), the post-training blocks of both grids."""
+    def block(after):
+        return {"acc_before": 0.9, "asr_before": 1.0, "acc_after": after, "asr_after": 0.0}
+    for grid, names in (("src", ("a", "b")), ("res", ("c", "d"))):
+        run_dir = tmp_path / grid / "x" / "seed0"
+        run_dir.mkdir(parents=True)
+        summary = {"rounds": 2, "trained": {"acc": 0.9, "asr": 1.0}}
+        summary.update({n: block(0.8 + 0.01 * i) for i, n in enumerate(names)})
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        (run_dir / "metrics.csv").write_text("round,acc,asr\n0,0.5,0.5\n1,0.9,1.0\n")
+        cells = [{"values": {"defense": "fedavg"}, "seed": 0, "run_dir": str(run_dir)},
+                 {"values": {"defense": "fedavg"}, "seed": 1, "run_dir": str(tmp_path / grid / "x" / "seed1")}]
+        (tmp_path / grid / "cells.json").write_text(json.dumps({"name": grid, "axes": {"defense": ["fedavg"]},
+                                                                "cells": cells}))
+    result = report.build_report([str(tmp_path / "src"), str(tmp_path / "res")], str(tmp_path / "rep"), plots=False)
+    assert result["columns"] == ["fedavg", "fedavg+a", "fedavg+b", "fedavg+c", "fedavg+d"]
+    assert result["finished"] == 1 and result["runs"] == 2  # seed 0 once, seed 1 missing in both
+    assert result["table"].splitlines()[2] == ("| all | 90.0 / 100.0 | 90.0 / 100.0 -> 80.0 / 0.0 | 90.0 / 100.0 -> "
+                                               "81.0 / 0.0 | 90.0 / 100.0 -> 80.0 / 0.0 | 90.0 / 100.0 -> 81.0 / 0.0 |")
