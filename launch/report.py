@@ -392,6 +392,8 @@ def plot_curves(out: Path, runs, row_axes, rows, cols, column: str) -> list[Path
     styles = column_styles(cols)
     paths = []
     for row in rows:
+        if not any(r["summary"] is not None for col in cols for r in _runs_of(runs, row_axes, row, column, col)):
+            continue  # nothing of this row has finished: no figure
         fig, ax = _figure(2, size=(5.4, 3.8))
         all_steps: list[int] = []
         ends = []
