@@ -24,9 +24,9 @@ from typing import Any, Literal, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from fedsim.clients import OPTIMIZERS, Optimizer
+from fedsim.clients import Optimizer
 from fedsim.posttrain import PostTrainContext, PostTrainingDefense, SetupContext
-from fedsim.repair.finetune import scratch_model, train_on_aux
+from fedsim.repair.finetune import check_training, scratch_model, train_on_aux
 from flain.activations import resolve_layer
 from fedsim.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, bounded
 from flain.functional import MODES, RANKS, STOPS, ThresholdResult, check_config, flain_repair, flip_mask
@@ -106,14 +106,8 @@ class FLAIN(PostTrainingDefense):
                      rank, rank_eps, max_drop)
         self.stop, self.confidence, self.rank, self.rank_eps = stop, confidence, rank, rank_eps
         self.max_drop = max_drop
-        if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
-            raise ValueError(f"flain.finetune_epochs must be an int >= 0, got {finetune_epochs!r}")
-        if not finetune_lr > 0:
-            raise ValueError(f"flain.finetune_lr must be > 0, got {finetune_lr!r}")
-        if finetune_optimizer not in OPTIMIZERS:
-            raise ValueError(f"flain.finetune_optimizer must be one of {list(OPTIMIZERS)}, got {finetune_optimizer!r}")
-        if not isinstance(finetune_batch_size, int) or finetune_batch_size < 1:
-            raise ValueError(f"flain.finetune_batch_size must be an int >= 1, got {finetune_batch_size!r}")
+        check_training(("flain.finetune_epochs", finetune_epochs), ("flain.finetune_lr", finetune_lr),
+                       ("flain.finetune_batch_size", finetune_batch_size), ("flain.finetune_optimizer", finetune_optimizer))
         self.finetune_epochs, self.finetune_lr = finetune_epochs, finetune_lr
         self.finetune_optimizer, self.finetune_batch_size = finetune_optimizer, finetune_batch_size
         self.finetune_freeze = finetune_freeze

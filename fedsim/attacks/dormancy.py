@@ -49,13 +49,13 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from fedsim.attacks.base import AttackContext, ClientContext, ModelPoison
-from fedsim.attacks.layers import check_layer, mean_activations
+from fedsim.attacks.base import ClientContext
+from fedsim.attacks.layers import ActivationAware
 from fedsim.attacks.schedule import fraction_count
 from fedsim.schema import PositiveInt, UnitIntervalOpenHigh
 
 
-class DormancyAware(ModelPoison):
+class DormancyAware(ActivationAware):
     """Confines the malicious update of ``layers`` to the input neurons that are active on the
     attacker's clean data under the current global model (pruning-aware attack of Liu et al.,
     RAID 2018, adapted to FLAIN; see the module docstring).
@@ -71,38 +71,20 @@ class DormancyAware(ModelPoison):
 
     def __init__(self, layers: Union[str, Sequence[str]] = ("fc1",), dormant_fraction: UnitIntervalOpenHigh = 0.5,
                  batch_size: PositiveInt = 512) -> None:
-        layers = [layers] if isinstance(layers, str) else list(layers)
-        if not layers or not all(isinstance(n, str) and n for n in layers):
-            raise ValueError(f"DormancyAware.layers must be a non-empty list of layer names, got {layers!r}")
-        if len(set(layers)) != len(layers):
-            raise ValueError(f"DormancyAware.layers must not repeat a layer, got {layers!r}")
+        super().__init__(layers, batch_size)
         if not 0.0 <= dormant_fraction < 1.0:
             raise ValueError(f"DormancyAware.dormant_fraction must be in [0, 1), got {dormant_fraction}")
-        if batch_size < 1:
-            raise ValueError(f"DormancyAware.batch_size must be >= 1, got {batch_size}")
-        self.layers, self.dormant_fraction, self.batch_size = layers, dormant_fraction, batch_size
-        self._client: Optional[tuple[int, int]] = None
+        self.dormant_fraction = dormant_fraction
         self.dormant: dict[str, Tensor] = {}  # layer -> bool [in] of this client's dormant neurons
-        self.activations: dict[str, Tensor] = {}  # layer -> [in] mean clean activation (global model)
-
-    def connect(self, ctx: AttackContext) -> None:
-        super().connect(ctx)
-        for name in self.layers:
-            check_layer("DormancyAware.layers", name, ctx.layout)
 
     def before_training(self, model: nn.Module, x: Tensor, y: Tensor, normalize: Callable[[Tensor], Tensor],
                         ctx: ClientContext, gen: torch.Generator) -> None:
-        self._client = (ctx.round, ctx.client_id)
-        self.dormant = {}
-        if self.dormant_fraction == 0 or len(y) == 0:
-            return
-        self.activations = mean_activations(model, self.layers, x, normalize, self.batch_size)
-        for name, act in self.activations.items():
-            self.dormant[name] = lowest(act, self.dormant_fraction)
+        acts = self.measure(model, x, normalize, ctx, skip=self.dormant_fraction == 0)
+        self.dormant = {name: lowest(act, self.dormant_fraction) for name, act in acts.items()}
 
     def _columns(self, ctx: ClientContext):
         """(layout entry, bool [in]) of each confined layer, for the client being trained."""
-        if self._client != (ctx.round, ctx.client_id):
+        if not self.known(ctx):
             return []  # before_training was not called for this client (direct use): nothing known
         return [(self.actx.layout[f"{name}.weight"], mask) for name, mask in self.dormant.items()]
 

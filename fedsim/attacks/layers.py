@@ -10,11 +10,12 @@ defense it is attacked with.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from fedsim.attacks.base import AttackContext, ClientContext, ModelPoison
 from fedsim.params import ParamLayout
 
 
@@ -78,3 +79,41 @@ def mean_activations(model: nn.Module, names: list[str], x: Tensor, normalize: C
     finally:
         model.train(was_training)
     return {n: (s / max(len(x), 1)).float() for n, s in sums.items()}
+
+
+class ActivationAware(ModelPoison):
+    """Base of the model parts that know FLAIN's statistic: once per client and round
+    (``measure``, called from ``before_training``) they measure the mean input activation of each
+    of ``layers`` on the current global model and the client's clean data
+    (``mean_activations``). Holds the shared settings, their checks (named after the subclass)
+    and which client the measurement belongs to (``known``)."""
+
+    def __init__(self, layers: Union[str, Sequence[str]], batch_size: int) -> None:
+        owner = type(self).__name__
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        if not layers or not all(isinstance(n, str) and n for n in layers):
+            raise ValueError(f"{owner}.layers must be a non-empty list of layer names, got {layers!r}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"{owner}.layers must not repeat a layer, got {layers!r}")
+        if batch_size < 1:
+            raise ValueError(f"{owner}.batch_size must be >= 1, got {batch_size}")
+        self.layers, self.batch_size = layers, batch_size
+        self._client: Optional[tuple[int, int]] = None
+        self.activations: dict[str, Tensor] = {}  # layer -> [in] mean clean activation (global model)
+
+    def connect(self, ctx: AttackContext) -> None:
+        super().connect(ctx)
+        for name in self.layers:
+            check_layer(f"{type(self).__name__}.layers", name, ctx.layout)
+
+    def measure(self, model: nn.Module, x: Tensor, normalize: Callable[[Tensor], Tensor], ctx: ClientContext,
+                skip: bool = False) -> dict[str, Tensor]:
+        """Measures (unless ``skip`` or ``x`` is empty: nothing) and remembers for this client."""
+        self._client = (ctx.round, ctx.client_id)
+        self.activations = {} if skip or len(x) == 0 else mean_activations(
+            model, self.layers, x, normalize, self.batch_size)
+        return self.activations
+
+    def known(self, ctx: ClientContext) -> bool:
+        """Whether ``measure`` ran for the client being trained (False on direct use)."""
+        return self._client == (ctx.round, ctx.client_id)

@@ -30,13 +30,13 @@ that look benign to a norm statistic) and of the pruning-aware attack of Liu, Do
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from fedsim.attacks.base import AttackContext, ClientContext, ModelPoison
-from fedsim.attacks.layers import check_layer, mean_activations
+from fedsim.attacks.base import ClientContext
+from fedsim.attacks.layers import ActivationAware
 from fedsim.schema import PositiveFloat, PositiveInt, UnitInterval
 
 
@@ -61,7 +61,7 @@ def cap_ratios(u: Tensor, act: Tensor, quantile: float, slack: float, eps: float
     return u * scale.to(u.dtype).view(shape)
 
 
-class RatioAware(ModelPoison):
+class RatioAware(ActivationAware):
     """Keeps the update ratio of every input column of ``layers`` at or below ``slack`` times the
     ``quantile`` of the client's own clean-active columns' ratios (the attacker who knows
     ``flain.FLAIN(rank="update_ratio")``; see the module docstring).
@@ -77,34 +77,21 @@ class RatioAware(ModelPoison):
 
     def __init__(self, layers: Union[str, Sequence[str]] = ("fc1",), quantile: UnitInterval = 0.5,
                  slack: PositiveFloat = 1.0, eps: PositiveFloat = 0.01, batch_size: PositiveInt = 512) -> None:
-        layers = [layers] if isinstance(layers, str) else list(layers)
-        if not layers or not all(isinstance(n, str) and n for n in layers) or len(set(layers)) != len(layers):
-            raise ValueError(f"RatioAware.layers must be a non-empty list of distinct layer names, got {layers!r}")
+        super().__init__(layers, batch_size)
         if not 0.0 <= quantile <= 1.0:
             raise ValueError(f"RatioAware.quantile must be in [0, 1], got {quantile}")
         if not slack > 0:
             raise ValueError(f"RatioAware.slack must be > 0, got {slack}")
         if not eps > 0:
             raise ValueError(f"RatioAware.eps must be > 0, got {eps}")
-        if batch_size < 1:
-            raise ValueError(f"RatioAware.batch_size must be >= 1, got {batch_size}")
-        self.layers, self.quantile, self.slack, self.eps = layers, quantile, slack, eps
-        self.batch_size = batch_size
-        self._client: Optional[tuple[int, int]] = None
-        self.activations: dict[str, Tensor] = {}  # layer -> [in] mean clean activation (global model)
-
-    def connect(self, ctx: AttackContext) -> None:
-        super().connect(ctx)
-        for name in self.layers:
-            check_layer("RatioAware.layers", name, ctx.layout)
+        self.quantile, self.slack, self.eps = quantile, slack, eps
 
     def before_training(self, model: nn.Module, x: Tensor, y: Tensor, normalize: Callable[[Tensor], Tensor],
                         ctx: ClientContext, gen: torch.Generator) -> None:
-        self._client = (ctx.round, ctx.client_id)
-        self.activations = {} if len(y) == 0 else mean_activations(model, self.layers, x, normalize, self.batch_size)
+        self.measure(model, x, normalize, ctx)
 
     def _known(self, ctx: ClientContext) -> dict[str, Tensor]:
-        return self.activations if self._client == (ctx.round, ctx.client_id) else {}
+        return self.activations if self.known(ctx) else {}
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, ctx: ClientContext) -> None:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from fedsim.posttrain import PostTrainContext, PostTrainingDefense, SetupContext
 from fedsim.repair.channels import accuracy, find_layer, mean_activation, rank_channels, zero_channels
-from fedsim.repair.finetune import scratch_model, train_on_aux
+from fedsim.repair.finetune import check_training, scratch_model, train_on_aux
 from fedsim.schema import NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 
 
@@ -57,12 +57,8 @@ class FinePruning(PostTrainingDefense):
             raise ValueError(f"fine_pruning.max_prune_ratio must be in [0, 1], got {max_prune_ratio!r}")
         if not isinstance(step, int) or step < 1:
             raise ValueError(f"fine_pruning.step must be an int >= 1, got {step!r}")
-        if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
-            raise ValueError(f"fine_pruning.finetune_epochs must be an int >= 0, got {finetune_epochs!r}")
-        if not finetune_lr > 0:
-            raise ValueError(f"fine_pruning.finetune_lr must be > 0, got {finetune_lr!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"fine_pruning.batch_size must be an int >= 1, got {batch_size!r}")
+        check_training(("fine_pruning.finetune_epochs", finetune_epochs), ("fine_pruning.finetune_lr", finetune_lr),
+                       ("fine_pruning.batch_size", batch_size))
         self.layer, self.tolerance, self.max_prune_ratio, self.step = layer, tolerance, max_prune_ratio, step
         self.finetune_epochs, self.finetune_lr, self.batch_size = finetune_epochs, finetune_lr, batch_size
 

@@ -37,6 +37,22 @@ def scratch_model(ctx: PostTrainContext, params: Tensor) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def check_training(epochs: tuple[str, Any], lr: tuple[str, Any], batch_size: tuple[str, Any],
+                   optimizer: Optional[tuple[str, Any]] = None) -> None:
+    """Refuses bad settings of a server-side training pass (``train_on_aux``), each given as
+    (field name in the error, value): epochs an int >= 0, lr > 0, batch size an int >= 1, the
+    optimizer one of ``OPTIMIZERS``. Shared by every defense that fine-tunes on the aux set."""
+    (ne, e), (nl, l), (nb, b) = epochs, lr, batch_size
+    if not isinstance(e, int) or e < 0:
+        raise ValueError(f"{ne} must be an int >= 0, got {e!r}")
+    if not l > 0:
+        raise ValueError(f"{nl} must be > 0, got {l!r}")
+    if not isinstance(b, int) or b < 1:
+        raise ValueError(f"{nb} must be an int >= 1, got {b!r}")
+    if optimizer is not None and optimizer[1] not in OPTIMIZERS:
+        raise ValueError(f"{optimizer[0]} must be one of {list(OPTIMIZERS)}, got {optimizer[1]!r}")
+
+
 def train_on_aux(model: nn.Module, ctx: PostTrainContext, *, name: str, epochs: int, lr: float,
                  momentum: float = 0.9, batch_size: int = 64, optimizer: str = "sgd",
                  after_step: Optional[Callable[[], None]] = None) -> list[float]:
@@ -75,16 +91,10 @@ class FineTuning(PostTrainingDefense):
                  batch_size: PositiveInt = 64, optimizer: Optimizer = "sgd", apply: bool = True,
                  name: str = "fine_tuning") -> None:
         super().__init__(apply=apply, name=name)
-        if not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"fine_tuning.epochs must be an int >= 0, got {epochs!r}")
-        if not lr > 0:
-            raise ValueError(f"fine_tuning.lr must be > 0, got {lr!r}")
+        check_training(("fine_tuning.epochs", epochs), ("fine_tuning.lr", lr), ("fine_tuning.batch_size", batch_size),
+                       ("fine_tuning.optimizer", optimizer))
         if not 0 <= momentum < 1:
             raise ValueError(f"fine_tuning.momentum must be in [0, 1), got {momentum!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"fine_tuning.batch_size must be an int >= 1, got {batch_size!r}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"fine_tuning.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.epochs, self.lr, self.momentum = epochs, lr, momentum
         self.batch_size, self.optimizer = batch_size, optimizer
 
