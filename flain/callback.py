@@ -29,12 +29,14 @@ from fedsim.posttrain import PostTrainContext, PostTrainingDefense, SetupContext
 from fedsim.repair.finetune import check_training, scratch_model, train_on_aux
 from flain.activations import resolve_layer
 from fedsim.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, bounded
-from flain.functional import MODES, RANKS, STOPS, ThresholdResult, check_config, flain_repair, flip_mask
+from flain.functional import (MODES, RANKS, STOPS, TOLERANCE_UNITS, ThresholdResult, check_config, flain_repair,
+                              flip_mask)
 from flain.plots import plot_activations, plot_threshold
 
 Mode = Literal[MODES]  # the schema's choices are flain.functional's
 Stop = Literal[STOPS]
 Rank = Literal[RANKS]
+ToleranceUnit = Literal[TOLERANCE_UNITS]
 Confidence = bounded(float, 0.5, 1, high_open=True)
 
 
@@ -54,6 +56,10 @@ class FLAIN(PostTrainingDefense):
         k_cap: largest threshold (both modes); input neurons above it are never flipped.
         tolerance: aux accuracy drop, as a fraction in [0, 1] (scripts: 0 MNIST, 0.024 FMNIST,
             0.001 CIFAR-10).
+        tolerance_unit: "accuracy" (the tolerance is the aux accuracy drop itself) or "error"
+            (exact mode: a fraction of theta_T's aux error, so the allowed drop is
+            ``tolerance * (1 - aux accuracy of theta_T)``; the drop used is reported as
+            ``tolerance_effective``). Not in the paper.
         stop: exact mode's stopping rule: "drop" (keep the last k whose observed drop is
             <= tolerance) or "confident" (keep the last k before the first whose drop exceeds
             tolerance with the given confidence, from paired per-image correctness against
@@ -94,7 +100,7 @@ class FLAIN(PostTrainingDefense):
                  k_init: NonNegativeFloat = 0.001, k_step: PositiveFloat = 0.0001, k_cap: NonNegativeFloat = 1.0,
                  tolerance: UnitInterval = 0.001, stop: Stop = "drop", confidence: Confidence = 0.95,
                  rank: Rank = "activation", rank_eps: Union[PositiveFloat, list[PositiveFloat]] = 0.01,
-                 max_drop: Optional[UnitInterval] = None,
+                 max_drop: Optional[UnitInterval] = None, tolerance_unit: ToleranceUnit = "accuracy",
                  finetune_epochs: NonNegativeInt = 0, finetune_lr: PositiveFloat = 1e-4,
                  finetune_optimizer: Optimizer = "adam", finetune_batch_size: PositiveInt = 64,
                  finetune_freeze: bool = True,
@@ -103,7 +109,8 @@ class FLAIN(PostTrainingDefense):
         super().__init__(apply=apply, name=name)
         layers = [layers] if isinstance(layers, str) else list(layers)
         check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence,
-                     rank, rank_eps, max_drop)
+                     rank, rank_eps, max_drop, tolerance_unit)
+        self.tolerance_unit = tolerance_unit
         self.stop, self.confidence, self.rank, self.rank_eps = stop, confidence, rank, rank_eps
         self.max_drop = max_drop
         check_training(("flain.finetune_epochs", finetune_epochs), ("flain.finetune_lr", finetune_lr),
@@ -131,9 +138,12 @@ class FLAIN(PostTrainingDefense):
             self.k_init, self.k_step, self.k_cap, self.tolerance, self.rescale, self.batch_size,
             triggered_x=None if triggered is None else ctx.normalize(triggered.to(device)),
             stop=self.stop, confidence=self.confidence, rank=self.rank, rank_eps=self.rank_eps,
-            max_drop=self.max_drop)
+            max_drop=self.max_drop, tolerance_unit=self.tolerance_unit)
         self._log(ctx, results)
         info = summarize(results)
+        if self.tolerance_unit != "accuracy":  # (absent otherwise: earlier summaries stay as they were)
+            info["tolerance_unit"] = self.tolerance_unit
+            info["tolerance_effective"] = results[0].tolerance if len(results) == 1 else [r.tolerance for r in results]
         if self.finetune_epochs > 0:
             vec, info["finetune"] = self._finetune(ctx, vec, results)
         return vec, info

@@ -35,6 +35,12 @@ Several layers are repaired one after another, in the order given: each layer's 
 measured on the model with the earlier layers already repaired, and every layer's drop is
 measured against the accuracy before FLAIN, so in exact mode the total drop stays within the
 tolerance. Accuracies are fractions in [0, 1].
+
+``tolerance_unit="error"`` (exact mode; our addition, not in the paper or the scripts) reads the
+tolerance as a fraction of theta_T's aux *error*: the search may let the aux error grow by that
+fraction, ``drop <= tolerance * (1 - acc_T)``. The same setting then flips more on a model that is
+still far from converged (more error to spare, more accuracy a fine-tune can give back) than on
+one at ~99%.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from flain.activations import FlipEvaluator, LayerSpec, NetworkSplit, resolve_la
 MODES = ("exact", "reference")
 STOPS = ("drop", "confident")
 RANKS = ("activation", "update_ratio")
+TOLERANCE_UNITS = ("accuracy", "error")
 
 
 def column_norms(delta: Tensor) -> Tensor:
@@ -133,6 +140,7 @@ class ThresholdResult:
     rank: str = "activation"  # the neurons' order: by activation (FLAIN) or "update_ratio"
     order: Optional[Tensor] = None  # [in] the values the search thresholded (activations or pseudo)
     stage: int = 1  # with a list of rank_eps: the stage on this layer (reported as "<layer>#<stage>")
+    tolerance: float = float("nan")  # the drop the search allowed (tolerance_unit "error": scaled)
 
 
 def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: str = "exact",
@@ -253,7 +261,7 @@ def _reference(act, acc_of, acc0, k_init, k_step, k_cap, tolerance):
 def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float, k_cap: float,
                  tolerance: float, batch_size: int, stop: str = "drop",
                  confidence: float = 0.95, rank: str = "activation", rank_eps: float = 0.01,
-                 max_drop: Optional[float] = None) -> None:
+                 max_drop: Optional[float] = None, tolerance_unit: str = "accuracy") -> None:
     """Raises ValueError naming the first invalid FLAIN setting."""
     if isinstance(layers, str) or len(layers) == 0 or len(set(layers)) != len(layers):
         raise ValueError(f"flain.layers must be a non-empty list of distinct module names, "
@@ -283,6 +291,11 @@ def check_config(layers: Sequence[str], mode: str, k_init: float, k_step: float,
     if max_drop is not None and not (0 <= max_drop <= 1 and stop == "confident" and mode == "exact"):
         raise ValueError(f"flain.max_drop must be null or in [0, 1] with mode='exact' and "
                          f"stop='confident', got max_drop={max_drop}, mode={mode!r}, stop={stop!r}")
+    if tolerance_unit not in TOLERANCE_UNITS:
+        raise ValueError(f"flain.tolerance_unit must be one of {list(TOLERANCE_UNITS)}, got {tolerance_unit!r}")
+    if tolerance_unit != "accuracy" and mode != "exact":
+        raise ValueError(f"flain.tolerance_unit={tolerance_unit!r} needs mode='exact' (reference is the "
+                         f"authors' rule), got mode={mode!r}")
     if len(eps_list) > 1 and rank != "update_ratio":
         raise ValueError(f"flain.rank_eps as a list (stages) needs rank='update_ratio', got rank={rank!r}")
 
@@ -293,8 +306,8 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
                  k_cap: float = 1.0, tolerance: float = 0.001, rescale: bool = True,
                  batch_size: int = 512, triggered_x: Optional[Tensor] = None,
                  stop: str = "drop", confidence: float = 0.95, rank: str = "activation",
-                 rank_eps: float | Sequence[float] = 0.01, max_drop: Optional[float] = None
-                 ) -> tuple[Tensor, list[ThresholdResult]]:
+                 rank_eps: float | Sequence[float] = 0.01, max_drop: Optional[float] = None,
+                 tolerance_unit: str = "accuracy") -> tuple[Tensor, list[ThresholdResult]]:
     """Repairs ``theta_t`` with FLAIN; returns (repaired vector ``[numel]``, one result per
     layer). ``aux_x`` (and ``triggered_x``, only used to report activations on triggered inputs)
     must already be normalised; ``model`` is a scratch model (its parameters are overwritten).
@@ -306,9 +319,10 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
     tolerance, so the total drop is bounded by the stages' sum); stage i > 1 is reported as
     layer ``<name>#i``. ``max_drop`` (stop="confident" only) also stops every layer's and stage's
     search where the aux accuracy falls more than ``max_drop`` below theta_T's: one budget for
-    all of them."""
+    all of them. ``tolerance_unit="error"`` scales ``tolerance`` by theta_T's aux error (every
+    layer and stage alike; the module docstring)."""
     check_config(layers, mode, k_init, k_step, k_cap, tolerance, batch_size, stop, confidence,
-                 rank, rank_eps, max_drop)
+                 rank, rank_eps, max_drop, tolerance_unit)
     if aux_x.shape[0] == 0:
         raise ValueError("flain: aux_x (simulation.data.aux) is empty; FLAIN needs clean "
                          "auxiliary samples")
@@ -319,7 +333,7 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
         res, before = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
                                     k_step, k_cap, tolerance, rescale, batch_size, before,
                                     triggered_x, stop, confidence, rank, stages[0],
-                                    max_drop=max_drop, acc_ref=acc_ref)
+                                    max_drop=max_drop, acc_ref=acc_ref, tolerance_unit=tolerance_unit)
         acc_ref = int(before.sum()) / before.numel()  # theta_T's: the budget's reference
         results.append(res)
         done = flip_mask(res.order, res.k)  # this layer's neurons flipped so far
@@ -327,7 +341,7 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
             res, _ = _repair_layer(model, layout, spec, theta0, vec, aux_x, aux_y, mode, k_init,
                                    k_step, k_cap, tolerance, rescale, batch_size, None,
                                    triggered_x, stop, confidence, rank, eps, exclude=done,
-                                   max_drop=max_drop, acc_ref=acc_ref)
+                                   max_drop=max_drop, acc_ref=acc_ref, tolerance_unit=tolerance_unit)
             res.layer, res.stage = f"{spec.name}#{i}", i
             results.append(res)
             done = done | flip_mask(res.order, res.k)
@@ -337,8 +351,8 @@ def flain_repair(model: nn.Module, layout: ParamLayout, theta0: Tensor, theta_t:
 def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mode, k_init,
                   k_step, k_cap, tolerance, rescale, batch_size, before, triggered_x, stop,
                   confidence, rank="activation", rank_eps=0.01, exclude: Optional[Tensor] = None,
-                  max_drop: Optional[float] = None, acc_ref: Optional[float] = None
-                  ) -> tuple[ThresholdResult, Tensor]:
+                  max_drop: Optional[float] = None, acc_ref: Optional[float] = None,
+                  tolerance_unit: str = "accuracy") -> tuple[ThresholdResult, Tensor]:
     """Searches and writes one layer's repaired weights into ``vec`` (in place). ``before`` is
     theta_T's per-input aux correctness (None for the first layer: measured here); returned."""
     layout.load(model, vec)
@@ -355,6 +369,8 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
     search_rescale = rescale and mode == "exact"
     if before is None:
         before = ev.correct(flip_mask(ev.act, None), False)
+    if tolerance_unit == "error":  # a fraction of theta_T's aux error (acc_ref: theta_T's, once known)
+        tolerance = tolerance * (1 - (int(before.sum()) / before.numel() if acc_ref is None else acc_ref))
     res = search_threshold(ev.act, lambda m: ev.accuracy(m, search_rescale), mode=mode,
                            k_init=k_init, k_step=k_step, k_cap=k_cap, tolerance=tolerance,
                            acc_before=int(before.sum()) / before.numel(), stop=stop,
@@ -367,7 +383,7 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
     w = flip_columns(w0, delta, ev.act, res.k)
     layout.view(vec, w_name).copy_(w * ev.scale() if res.rescaled else w)
     res.layer, res.fast_path, res.activations = spec.name, ev.split.fast, activations
-    res.rank, res.order = rank, ev.act
+    res.rank, res.order, res.tolerance = rank, ev.act, tolerance
     if triggered_x is not None and triggered_x.shape[0] > 0:  # model still holds the input vec
         res.activations_triggered = spec.mean_activation(
             ev.split.capture(triggered_x, batch_size).x)

@@ -218,3 +218,47 @@ def test_finetune_settings_are_checked():
         FLAIN(finetune_optimizer="rmsprop")
     with pytest.raises(ValueError, match=r"flain.finetune_lr must be > 0, got 0"):
         FLAIN(finetune_lr=0)
+
+
+def test_tolerance_in_units_of_the_error_is_that_fraction_of_theta_t_aux_error():
+    """``tolerance_unit="error"``: the search allows ``tolerance * (1 - acc_T)`` of drop. The
+    result is the accuracy-unit search at that drop, bit for bit, on every layer; and on a
+    model with more error to spare the same setting allows more."""
+    from tests.test_flain import full_accuracy, small_setup
+
+    model, layout, theta0, theta_t, x, y = small_setup(seed=6)
+    acc_t = full_accuracy(model, layout, theta_t, x, y)
+    assert 0.05 < 1 - acc_t < 0.95  # the case has error to scale
+    vec_e, res_e = flain_repair(model, layout, theta0, theta_t, x, y, ["conv1", "fc1"], "exact",
+                                tolerance=0.5, tolerance_unit="error")
+    vec_a, res_a = flain_repair(model, layout, theta0, theta_t, x, y, ["conv1", "fc1"], "exact",
+                                tolerance=0.5 * (1 - acc_t))
+    assert torch.equal(vec_e, vec_a) and sum(r.flipped for r in res_e) > 0
+    assert [r.k for r in res_e] == [r.k for r in res_a] and [r.flipped for r in res_e] == [r.flipped for r in res_a]
+    assert all(abs(r.tolerance - 0.5 * (1 - acc_t)) < 1e-12 for r in res_e)  # theta_T's error for both layers
+    assert acc_t - full_accuracy(model, layout, vec_e, x, y) <= 0.5 * (1 - acc_t) + 1e-9
+    # the default unit leaves the tolerance as given
+    _, (plain,) = flain_repair(model, layout, theta0, theta_t, x, y, ["fc1"], "exact", tolerance=0.5)
+    assert plain.tolerance == 0.5
+
+
+def test_tolerance_unit_is_checked_and_reported(tmp_path):
+    from types import SimpleNamespace
+
+    from tests.test_flain import fake_sim, small_setup
+
+    model, layout, theta0, theta_t, x, y = small_setup(seed=1)
+    with pytest.raises(ValueError, match=r"flain.tolerance_unit must be one of \['accuracy', 'error'\], got 'images'"):
+        flain_repair(model, layout, theta0, theta_t, x, y, tolerance_unit="images")
+    with pytest.raises(ValueError, match=r"flain.tolerance_unit='error' needs mode='exact'.*got mode='reference'"):
+        FLAIN(mode="reference", tolerance_unit="error")
+    zero = SimpleNamespace(is_global_zero=True)
+    sim, plain = fake_sim(tmp_path), fake_sim(tmp_path)
+    FLAIN(layers=["fc1"], tolerance=0.5, tolerance_unit="error", plots=False).on_train_end(zero, sim)
+    block = sim.summary["flain"]
+    assert block["tolerance_unit"] == "error" and 0 < block["tolerance_effective"] < 0.5 and block["flipped_neurons"] > 0
+    # the same search in accuracy units at the reported drop: the same flips, the same model
+    FLAIN(layers=["fc1"], tolerance=block["tolerance_effective"], plots=False).on_train_end(zero, plain)
+    assert plain.summary["flain"]["k"] == block["k"] and plain.summary["flain"]["flipped_neurons"] == block["flipped_neurons"]
+    assert torch.equal(plain.saved["flain_repaired.pt"], sim.saved["flain_repaired.pt"])
+    assert "tolerance_unit" not in plain.summary["flain"] and "tolerance_effective" not in plain.summary["flain"]
