@@ -140,10 +140,7 @@ class FLAIN(PostTrainingDefense):
             stop=self.stop, confidence=self.confidence, rank=self.rank, rank_eps=self.rank_eps,
             max_drop=self.max_drop, tolerance_unit=self.tolerance_unit)
         self._log(ctx, results)
-        info = summarize(results)
-        if self.tolerance_unit != "accuracy":  # (absent otherwise: earlier summaries stay as they were)
-            info["tolerance_unit"] = self.tolerance_unit
-            info["tolerance_effective"] = results[0].tolerance if len(results) == 1 else [r.tolerance for r in results]
+        info = summarize(results, self.tolerance_unit)
         if self.finetune_epochs > 0:
             vec, info["finetune"] = self._finetune(ctx, vec, results)
         return vec, info
@@ -200,9 +197,11 @@ class FLAIN(PostTrainingDefense):
                 logger.log_image(f"{self.name}/{p.stem}", p, step)
 
 
-def summarize(results: list[ThresholdResult]) -> dict[str, Any]:
+def summarize(results: list[ThresholdResult], tolerance_unit: str = "accuracy") -> dict[str, Any]:
     """The ``summary["flain"]`` block. With one layer ``k``/``tolerance_reached``/``curve`` are
-    that layer's; with several they are lists in layer order. Counts are summed over layers."""
+    that layer's; with several they are lists in layer order. Counts are summed over layers.
+    With ``tolerance_unit="error"`` it also holds the unit and ``tolerance_effective``, the drop
+    each search allowed (absent otherwise, so earlier summaries stay as they were)."""
     per_layer = {r.layer: {"k": r.k, "flipped_neurons": r.flipped, "total_neurons": r.total,
                            "aux_acc_after": r.aux_acc_after, "tolerance_reached":
                            r.tolerance_reached, "rescaled": r.rescaled, "fast_path": r.fast_path,
@@ -213,9 +212,13 @@ def summarize(results: list[ThresholdResult]) -> dict[str, Any]:
     one = len(results) == 1
     pick = (lambda key: per_layer[results[0].layer][key]) if one else \
         (lambda key: [per_layer[r.layer][key] for r in results])
-    return {"mode": results[0].mode, "stop": results[0].stop, "rank": results[0].rank, "layers": [r.layer for r in results], "k": pick("k"),
-            "flipped_neurons": sum(r.flipped for r in results),
-            "total_neurons": sum(r.total for r in results if r.stage == 1),  # each layer once
-            "aux_acc_before": results[0].aux_acc_before, "aux_acc_after": results[-1].aux_acc_after,
-            "tolerance_reached": pick("tolerance_reached"), "curve": pick("curve"),
-            "per_layer": per_layer}
+    block = {"mode": results[0].mode, "stop": results[0].stop, "rank": results[0].rank, "layers": [r.layer for r in results], "k": pick("k"),
+             "flipped_neurons": sum(r.flipped for r in results),
+             "total_neurons": sum(r.total for r in results if r.stage == 1),  # each layer once
+             "aux_acc_before": results[0].aux_acc_before, "aux_acc_after": results[-1].aux_acc_after,
+             "tolerance_reached": pick("tolerance_reached"), "curve": pick("curve"),
+             "per_layer": per_layer}
+    if tolerance_unit != "accuracy":
+        block["tolerance_unit"] = tolerance_unit
+        block["tolerance_effective"] = results[0].tolerance if one else [r.tolerance for r in results]
+    return block

@@ -140,7 +140,7 @@ class ThresholdResult:
     rank: str = "activation"  # the neurons' order: by activation (FLAIN) or "update_ratio"
     order: Optional[Tensor] = None  # [in] the values the search thresholded (activations or pseudo)
     stage: int = 1  # with a list of rank_eps: the stage on this layer (reported as "<layer>#<stage>")
-    tolerance: float = float("nan")  # the drop the search allowed (tolerance_unit "error": scaled)
+    tolerance: float = float("nan")  # the drop the search allowed (as given to search_threshold)
 
 
 def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: str = "exact",
@@ -188,7 +188,8 @@ def search_threshold(act: Tensor, aux_acc: Callable[[Tensor], float], *, mode: s
         search = _reference if mode == "reference" else _exact
         k, n, reached, curve = search(act, acc_of, acc0, k_init, k_step, k_cap, tolerance)
     return ThresholdResult(k, n, act.numel(), acc0, acc_of(n), reached, mode, curve,
-                           stop="confident" if paired else ("drop" if mode == "exact" else "first"))
+                           stop="confident" if paired else ("drop" if mode == "exact" else "first"),
+                           tolerance=tolerance)
 
 
 def paired_drop_bound(before: Tensor, after: Tensor, z: float) -> tuple[float, float]:
@@ -369,11 +370,12 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
     search_rescale = rescale and mode == "exact"
     if before is None:
         before = ev.correct(flip_mask(ev.act, None), False)
+    acc_before = int(before.sum()) / before.numel()
     if tolerance_unit == "error":  # a fraction of theta_T's aux error (acc_ref: theta_T's, once known)
-        tolerance = tolerance * (1 - (int(before.sum()) / before.numel() if acc_ref is None else acc_ref))
+        tolerance = tolerance * (1 - (acc_before if acc_ref is None else acc_ref))
     res = search_threshold(ev.act, lambda m: ev.accuracy(m, search_rescale), mode=mode,
                            k_init=k_init, k_step=k_step, k_cap=k_cap, tolerance=tolerance,
-                           acc_before=int(before.sum()) / before.numel(), stop=stop,
+                           acc_before=acc_before, stop=stop,
                            confidence=confidence,
                            aux_correct=lambda m: ev.correct(m, search_rescale),
                            correct_before=before, max_drop=max_drop, acc_ref=acc_ref)
@@ -383,7 +385,7 @@ def _repair_layer(model, layout, spec: LayerSpec, theta0, vec, aux_x, aux_y, mod
     w = flip_columns(w0, delta, ev.act, res.k)
     layout.view(vec, w_name).copy_(w * ev.scale() if res.rescaled else w)
     res.layer, res.fast_path, res.activations = spec.name, ev.split.fast, activations
-    res.rank, res.order, res.tolerance = rank, ev.act, tolerance
+    res.rank, res.order = rank, ev.act
     if triggered_x is not None and triggered_x.shape[0] > 0:  # model still holds the input vec
         res.activations_triggered = spec.mean_activation(
             ev.split.capture(triggered_x, batch_size).x)
