@@ -115,6 +115,7 @@ def local_train(
     streams: Optional[TrainStreams] = None,
     after_step: Optional[Callable[[nn.Module], None]] = None,
     loss_dtype: torch.dtype = torch.float32,
+    loss_fn: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None,
 ) -> ClientResult:
     """Trains ``model`` from ``global_params`` on (x, y) and returns the update.
 
@@ -127,8 +128,10 @@ def local_train(
     ``config.epochs`` epochs (an attack's own ``epochs`` replaces it). ``streams`` replaces the
     client's random streams (server-side training); ``after_step(model)`` runs after every
     optimizer step; ``loss_dtype`` is the dtype in which the batch losses are summed (float32 for
-    clients; the server's fine-tuning reports float64 sums). ``model`` ends in train mode and
-    holds the trained parameters.
+    clients; the server's fine-tuning reports float64 sums). ``loss_fn(logits, inputs, y)``
+    replaces the cross-entropy (server-side training only, e.g. distillation; ``inputs`` are the
+    normalized batch) and is then the reported loss. ``model`` ends in train mode and holds the
+    trained parameters.
     """
     layout.load(model, global_params)
     model.train()
@@ -154,7 +157,11 @@ def local_train(
                 if attack is not None:
                     clean_x, clean_y = xb, yb
                     xb, yb = attack.poison_batch(xb, yb, attack_ctx, gen)
-                loss = ce = F.cross_entropy(model(normalize(xb)), yb)
+                if loss_fn is None:
+                    loss = ce = F.cross_entropy(model(normalize(xb)), yb)
+                else:
+                    inputs = normalize(xb)
+                    loss = ce = loss_fn(model(inputs), inputs, yb)
                 if attack is not None:
                     extra = attack.extra_loss(model, xb, yb, _changed(clean_x, clean_y, xb, yb), attack_ctx)
                     if extra is not None:  # the reported loss stays the cross-entropy

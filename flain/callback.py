@@ -26,7 +26,8 @@ from torch import Tensor
 
 from fedsim.clients import Optimizer
 from fedsim.posttrain import PostTrainContext, PostTrainingDefense, SetupContext
-from fedsim.repair.finetune import check_training, scratch_model, train_on_aux
+from fedsim.repair.finetune import (check_distill, check_training, distillation_loss, scratch_model, teacher_model,
+                                   train_on_aux)
 from flain.activations import resolve_layer
 from fedsim.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, bounded
 from flain.functional import (MODES, RANKS, STOPS, TOLERANCE_UNITS, ThresholdResult, check_config, flain_repair,
@@ -85,6 +86,10 @@ class FLAIN(PostTrainingDefense):
         finetune_batch_size: its mini-batch size.
         finetune_freeze: hold the flipped columns fixed during the fine-tuning (False: every
             parameter trains).
+        finetune_distill: weight of knowledge distillation from theta_T (the trained model,
+            before the flips) in the fine-tuning loss, ``fedsim.repair.finetune.distillation_loss``
+            (0: cross-entropy on the aux labels, as before; 1: distillation only). Not in the paper.
+        finetune_temperature: the distillation temperature T.
         rescale: rescale the repaired layer to the Frobenius norm of its trained weights (the
             scripts do; in exact mode the rescaled layer is what the search evaluates).
         batch_size: batch size of the forward passes over the auxiliary set.
@@ -103,7 +108,8 @@ class FLAIN(PostTrainingDefense):
                  max_drop: Optional[UnitInterval] = None, tolerance_unit: ToleranceUnit = "accuracy",
                  finetune_epochs: NonNegativeInt = 0, finetune_lr: PositiveFloat = 1e-4,
                  finetune_optimizer: Optimizer = "adam", finetune_batch_size: PositiveInt = 64,
-                 finetune_freeze: bool = True,
+                 finetune_freeze: bool = True, finetune_distill: UnitInterval = 0.0,
+                 finetune_temperature: PositiveFloat = 4.0,
                  rescale: bool = True, batch_size: PositiveInt = 512, plots: bool = True,
                  apply: bool = True, name: str = "flain") -> None:
         super().__init__(apply=apply, name=name)
@@ -118,6 +124,8 @@ class FLAIN(PostTrainingDefense):
         self.finetune_epochs, self.finetune_lr = finetune_epochs, finetune_lr
         self.finetune_optimizer, self.finetune_batch_size = finetune_optimizer, finetune_batch_size
         self.finetune_freeze = finetune_freeze
+        check_distill(("flain.finetune_distill", finetune_distill), ("flain.finetune_temperature", finetune_temperature))
+        self.finetune_distill, self.finetune_temperature = finetune_distill, finetune_temperature
         self.layers, self.mode, self.rescale, self.plots = layers, mode, rescale, plots
         self.k_init, self.k_step, self.k_cap = k_init, k_step, k_cap
         self.tolerance, self.batch_size = tolerance, batch_size
@@ -153,6 +161,9 @@ class FLAIN(PostTrainingDefense):
             layer = r.layer.split("#")[0]
             mask = flip_mask(r.order, r.k)
             flipped[layer] = mask if layer not in flipped else flipped[layer] | mask
+        # the teacher is theta_T before the flips, in a model of its own
+        loss_fn = distillation_loss(teacher_model(ctx, ctx.theta_t), self.finetune_distill,
+                                    self.finetune_temperature) if self.finetune_distill > 0 else None
         with scratch_model(ctx, vec) as model:
             modules = dict(model.named_modules())
             held = {layer: modules[layer].weight.detach()[:, mask].clone()
@@ -165,11 +176,15 @@ class FLAIN(PostTrainingDefense):
 
             losses = train_on_aux(model, ctx, name=f"{self.name}_finetune", epochs=self.finetune_epochs,
                                   lr=self.finetune_lr, batch_size=self.finetune_batch_size,
-                                  optimizer=self.finetune_optimizer, after_step=hold if held else None)
+                                  optimizer=self.finetune_optimizer, after_step=hold if held else None,
+                                  loss_fn=loss_fn)
             out = ctx.layout.flatten(model)
-        return out, {"epochs": self.finetune_epochs, "lr": self.finetune_lr,
-                     "optimizer": self.finetune_optimizer, "frozen_columns": int(sum(m.sum() for m in flipped.values()))
-                     if self.finetune_freeze else 0, "loss_per_epoch": losses}
+        info = {"epochs": self.finetune_epochs, "lr": self.finetune_lr,
+                "optimizer": self.finetune_optimizer, "frozen_columns": int(sum(m.sum() for m in flipped.values()))
+                if self.finetune_freeze else 0, "loss_per_epoch": losses}
+        if self.finetune_distill > 0:  # absent otherwise, so earlier summaries stay as they were
+            info.update(distill=self.finetune_distill, temperature=self.finetune_temperature)
+        return out, info
 
     def _log(self, ctx: PostTrainContext, results: list[ThresholdResult]) -> None:
         step, logger = ctx.rounds, ctx.logger

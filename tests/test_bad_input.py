@@ -327,6 +327,10 @@ SCHEDULE = ('{"class_path": "fedsim.attacks.Attack", "init_args": {"data": {"cla
      "callbacks: FLAIN.confidence must be in [0.5, 1), got 1"),
     (["--callbacks", '[{"class_path": "fedsim.repair.FineTuning", "init_args": {"optimizer": "lbfgs"}}]'],
      "callbacks: FineTuning.optimizer must be one of ['sgd', 'adam'], got 'lbfgs'"),
+    (["--callbacks", '[{"class_path": "flain.FLAIN", "init_args": {"finetune_distill": 2}}]'],
+     "callbacks: FLAIN.finetune_distill must be in [0, 1], got 2"),
+    (["--callbacks", '[{"class_path": "fedsim.repair.FineTuning", "init_args": {"temperature": 0}}]'],
+     "callbacks: FineTuning.temperature must be > 0, got 0"),
 ])
 def test_the_schema_refuses_a_value_with_the_field_the_allowed_values_and_the_value(tiny_args, extra, message):
     with pytest.raises(ConfigError) as info:

@@ -262,3 +262,86 @@ def test_tolerance_unit_is_checked_and_reported(tmp_path):
     assert plain.summary["flain"]["k"] == block["k"] and plain.summary["flain"]["flipped_neurons"] == block["flipped_neurons"]
     assert torch.equal(plain.saved["flain_repaired.pt"], sim.saved["flain_repaired.pt"])
     assert "tolerance_unit" not in plain.summary["flain"] and "tolerance_effective" not in plain.summary["flain"]
+
+
+def test_distillation_loss_by_hand():
+    """``distillation_loss``: ``(1 - w) CE + w T^2 KL(softmax(z_t/T) || softmax(z/T))``, batch mean,
+    checked against the formula written out in float64 for two samples and three classes."""
+    import math
+
+    from fedsim.repair.finetune import distillation_loss
+
+    teacher = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        teacher.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    inputs = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
+    logits = torch.tensor([[0.2, 0.1, -0.3], [1.0, 0.0, 0.5]])
+    y = torch.tensor([2, 0])
+    t = 2.0
+
+    def softmax(z):
+        m = [math.exp(v / t) for v in z]
+        return [v / sum(m) for v in m]
+
+    zt = [[1.0, 2.0, 3.0], [0.5, -1.0, -0.5]]  # teacher(inputs), by hand
+    kl = sum(sum(p * math.log(p / q) for p, q in zip(softmax(a), softmax(b)))
+             for a, b in zip(zt, logits.tolist())) / 2 * t * t
+    ce = sum(-math.log(math.exp(z[c]) / sum(math.exp(v) for v in z)) for z, c in zip(logits.tolist(), y.tolist())) / 2
+    for w in (0.0, 0.3, 1.0):
+        got = distillation_loss(teacher, w, t)(logits, inputs, y)
+        assert abs(float(got) - ((1 - w) * ce + w * kl)) < 1e-6
+    # a student that already outputs the teacher's logits has nothing to distil
+    same = teacher(inputs).detach()
+    assert abs(float(distillation_loss(teacher, 1.0, t)(same, inputs, y))) < 1e-7
+
+
+def test_distilled_finetune_holds_the_flips_and_moves_toward_theta_t(tmp_path):
+    """``finetune_distill``: the flipped columns are held as with the cross-entropy fine-tune; the
+    result differs from that fine-tune; and it ends closer to theta_T's outputs on the aux set (the
+    KL from theta_T's softmax) than the flipped model it started from and than the cross-entropy
+    fine-tune with the same steps. The summary names the loss."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from tests.test_flain import fake_sim
+
+    zero = SimpleNamespace(is_global_zero=True)
+    plain, ce, kd = fake_sim(tmp_path), fake_sim(tmp_path), fake_sim(tmp_path)
+    common = dict(layers=["fc1"], tolerance=0.05, rescale=False, plots=False)
+    FLAIN(**common).on_train_end(zero, plain)
+    FLAIN(**common, finetune_epochs=3, finetune_lr=1e-3).on_train_end(zero, ce)
+    FLAIN(**common, finetune_epochs=3, finetune_lr=1e-3, finetune_distill=1.0,
+          finetune_temperature=2.0).on_train_end(zero, kd)
+    flipped_vec, ce_vec, kd_vec = (s.saved["flain_repaired.pt"] for s in (plain, ce, kd))
+    layout, ctx = plain.layout, plain.ctx
+    mask = ~torch.isclose(layout.view(flipped_vec, "fc1.weight"), layout.view(plain.trained_params, "fc1.weight")).all(0)
+    assert int(mask.sum()) == plain.summary["flain"]["flipped_neurons"] > 0
+    assert torch.equal(layout.view(kd_vec, "fc1.weight")[:, mask], layout.view(flipped_vec, "fc1.weight")[:, mask])
+    assert not torch.equal(kd_vec, ce_vec) and not torch.equal(kd_vec, flipped_vec)
+
+    def kl_to_theta_t(vec):
+        model = ctx.model
+        model.eval()
+        with torch.no_grad():
+            layout.load(model, plain.trained_params)
+            target = F.log_softmax(model(ctx.normalize(ctx.aux_x)), 1)
+            layout.load(model, vec)
+            out = F.log_softmax(model(ctx.normalize(ctx.aux_x)), 1)
+        return float(F.kl_div(out, target, reduction="batchmean", log_target=True))
+
+    assert kl_to_theta_t(kd_vec) < min(kl_to_theta_t(flipped_vec), kl_to_theta_t(ce_vec))
+    block = kd.summary["flain"]["finetune"]
+    assert block["distill"] == 1.0 and block["temperature"] == 2.0 and len(block["loss_per_epoch"]) == 3
+    assert "distill" not in ce.summary["flain"]["finetune"]  # the cross-entropy summaries stay as they were
+
+
+def test_distill_settings_are_checked():
+    from fedsim.repair import FineTuning
+
+    with pytest.raises(ValueError, match=r"flain.finetune_distill must be in \[0, 1\].*got 1.5"):
+        FLAIN(finetune_distill=1.5)
+    with pytest.raises(ValueError, match=r"flain.finetune_temperature must be > 0, got 0"):
+        FLAIN(finetune_temperature=0)
+    with pytest.raises(ValueError, match=r"fine_tuning.distill must be in \[0, 1\].*got -0.1"):
+        FineTuning(distill=-0.1)

@@ -5,6 +5,16 @@ fades when the model keeps training on clean data (used as a baseline e.g. by Fa
 Vulnerability of Backdoor Defenses for Federated Learning", AAAI 2023; and as the second stage of
 Fine-Pruning, Liu et al., RAID 2018). ``train_on_aux`` is shared with ``FinePruning``.
 
+``distillation_loss`` is the optional loss of that fine-tuning: a mix of the cross-entropy on the
+aux labels and knowledge distillation from a frozen teacher, here theta_T itself (Hinton, Vinyals,
+Dean, "Distilling the Knowledge in a Neural Network", 2015: ``T^2 KL(softmax(z_t/T) ||
+softmax(z/T))``). On 800 clean images the hard labels say little beyond what theta_T already
+fits; its soft outputs carry how it ranks the other classes, so the fine-tune is pulled back
+toward theta_T's clean function instead of toward the 800 labels. The teacher sees only clean
+aux inputs, on which a backdoor is silent. (Distilling a repaired student from the suspect model
+on clean data is also the idea of Neural Attention Distillation, Li et al., ICLR 2021, with
+attention maps in place of logits.)
+
 The training loop is the clients' own, ``fedsim.clients.local_train``, with the server's streams:
 shuffling from ``fedsim.runtime.seeding.generator(seed, name)`` and dropout from the global RNG
 seeded with ``derive_seed(seed, name, "dropout")`` and restored afterwards, so the caller's RNG is
@@ -13,15 +23,17 @@ untouched and two defenses with different names draw different streams.
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedsim.clients import OPTIMIZERS, ClientConfig, Optimizer, TrainStreams, local_train
 from fedsim.posttrain import PostTrainContext, PostTrainingDefense
-from fedsim.schema import NonNegativeInt, PositiveFloat, PositiveInt, UnitIntervalOpenHigh
+from fedsim.schema import NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, UnitIntervalOpenHigh
 
 
 @contextmanager
@@ -35,6 +47,45 @@ def scratch_model(ctx: PostTrainContext, params: Tensor) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def check_distill(weight: tuple[str, Any], temperature: tuple[str, Any]) -> None:
+    """Refuses a distillation weight outside [0, 1] or a temperature <= 0 (field name, value)."""
+    (nw, w), (nt, t) = weight, temperature
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+        raise ValueError(f"{nw} must be in [0, 1] (0: cross-entropy only, 1: distillation only), got {w!r}")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+        raise ValueError(f"{nt} must be > 0, got {t!r}")
+
+
+def distillation_loss(teacher: nn.Module, weight: float, temperature: float
+                      ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``loss_fn`` for ``train_on_aux``: ``(1 - weight) * CE(z, y) + weight * T^2 *
+    KL(softmax(z_t / T) || softmax(z / T))`` averaged over the batch, with ``z_t`` the logits of
+    ``teacher`` (kept in eval mode, no gradient) on the same normalized inputs."""
+    teacher.eval()
+    t2 = temperature * temperature
+
+    def loss(logits: Tensor, inputs: Tensor, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = F.log_softmax(teacher(inputs) / temperature, dim=1)
+        kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), target, reduction="batchmean",
+                      log_target=True) * t2
+        if weight == 1:
+            return kd
+        return (1 - weight) * F.cross_entropy(logits, y) + weight * kd
+
+    return loss
+
+
+def teacher_model(ctx: PostTrainContext, params: Tensor) -> nn.Module:
+    """A frozen copy of the context's model loaded with ``params`` (eval mode, no gradients)."""
+    teacher = copy.deepcopy(ctx.model)
+    ctx.layout.load(teacher, params.to(ctx.device))
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def check_training(epochs: tuple[str, Any], lr: tuple[str, Any], batch_size: tuple[str, Any],
@@ -55,11 +106,13 @@ def check_training(epochs: tuple[str, Any], lr: tuple[str, Any], batch_size: tup
 
 def train_on_aux(model: nn.Module, ctx: PostTrainContext, *, name: str, epochs: int, lr: float,
                  momentum: float = 0.9, batch_size: int = 64, optimizer: str = "sgd",
-                 after_step: Optional[Callable[[], None]] = None) -> list[float]:
+                 after_step: Optional[Callable[[], None]] = None,
+                 loss_fn: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None) -> list[float]:
     """Train ``model`` in place, from the parameters it holds, on the context's auxiliary set
-    with cross-entropy (``local_train`` with the streams of (seed, ``name``)); returns the mean
-    loss of each epoch. ``after_step`` runs after every optimizer step (e.g. to re-zero pruned
-    channels). The model is left in train mode; the caller restores it."""
+    with cross-entropy, or ``loss_fn(logits, inputs, y)`` where given (``local_train`` with the
+    streams of (seed, ``name``)); returns the mean loss of each epoch. ``after_step`` runs after
+    every optimizer step (e.g. to re-zero pruned channels). The model is left in train mode; the
+    caller restores it."""
     if epochs == 0:
         return []
     config = ClientConfig(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=0.0, epochs=epochs,
@@ -68,7 +121,7 @@ def train_on_aux(model: nn.Module, ctx: PostTrainContext, *, name: str, epochs: 
     res = local_train(model=model, layout=ctx.layout, global_params=ctx.layout.flatten(model), x=ctx.aux_x,
                       y=ctx.aux_y, config=config, seed=ctx.seed, round=ctx.rounds, client_id=-1,
                       normalize=ctx.normalize, streams=TrainStreams((ctx.seed, name), (ctx.seed, name, "dropout")),
-                      after_step=hook, loss_dtype=torch.float64)
+                      after_step=hook, loss_dtype=torch.float64, loss_fn=loss_fn)
     return res.epoch_losses
 
 
@@ -81,6 +134,9 @@ class FineTuning(PostTrainingDefense):
         momentum: SGD momentum (ignored by Adam).
         batch_size: mini-batch size.
         optimizer: "sgd" or "adam".
+        distill: weight of the distillation term from theta_T (``distillation_loss``; 0: plain
+            cross-entropy on the aux labels, 1: distillation only).
+        temperature: the distillation temperature T.
         apply: make the fine-tuned model the simulation's final global model.
         name: the summary key, file prefix and random-stream key.
     """
@@ -88,22 +144,28 @@ class FineTuning(PostTrainingDefense):
     name = "fine_tuning"
 
     def __init__(self, epochs: NonNegativeInt = 5, lr: PositiveFloat = 0.01, momentum: UnitIntervalOpenHigh = 0.9,
-                 batch_size: PositiveInt = 64, optimizer: Optimizer = "sgd", apply: bool = True,
-                 name: str = "fine_tuning") -> None:
+                 batch_size: PositiveInt = 64, optimizer: Optimizer = "sgd", distill: UnitInterval = 0.0,
+                 temperature: PositiveFloat = 4.0, apply: bool = True, name: str = "fine_tuning") -> None:
         super().__init__(apply=apply, name=name)
         check_training(("fine_tuning.epochs", epochs), ("fine_tuning.lr", lr), ("fine_tuning.batch_size", batch_size),
                        ("fine_tuning.optimizer", optimizer))
         if not 0 <= momentum < 1:
             raise ValueError(f"fine_tuning.momentum must be in [0, 1), got {momentum!r}")
+        check_distill(("fine_tuning.distill", distill), ("fine_tuning.temperature", temperature))
+        self.distill, self.temperature = distill, temperature
         self.epochs, self.lr, self.momentum = epochs, lr, momentum
         self.batch_size, self.optimizer = batch_size, optimizer
 
     def repair(self, ctx: PostTrainContext) -> tuple[Tensor, dict[str, Any]]:
+        loss_fn = distillation_loss(teacher_model(ctx, ctx.theta_t), self.distill, self.temperature) \
+            if self.distill > 0 else None
         with scratch_model(ctx, ctx.theta_t) as model:
             losses = train_on_aux(
                 model, ctx, name=self.name, epochs=self.epochs, lr=self.lr,
-                momentum=self.momentum, batch_size=self.batch_size, optimizer=self.optimizer)
+                momentum=self.momentum, batch_size=self.batch_size, optimizer=self.optimizer, loss_fn=loss_fn)
             repaired = ctx.layout.flatten(model)
         info = {"epochs": self.epochs, "optimizer": self.optimizer, "loss_per_epoch": losses,
                 "train_loss": losses[-1] if losses else float("nan")}
+        if self.distill > 0:  # absent otherwise, so earlier summaries stay as they were
+            info.update(distill=self.distill, temperature=self.temperature)
         return repaired, info
