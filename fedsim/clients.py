@@ -157,11 +157,9 @@ def local_train(
                 if attack is not None:
                     clean_x, clean_y = xb, yb
                     xb, yb = attack.poison_batch(xb, yb, attack_ctx, gen)
-                if loss_fn is None:
-                    loss = ce = F.cross_entropy(model(normalize(xb)), yb)
-                else:
-                    inputs = normalize(xb)
-                    loss = ce = loss_fn(model(inputs), inputs, yb)
+                inputs = normalize(xb)
+                logits = model(inputs)
+                loss = ce = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, inputs, yb)
                 if attack is not None:
                     extra = attack.extra_loss(model, xb, yb, _changed(clean_x, clean_y, xb, yb), attack_ctx)
                     if extra is not None:  # the reported loss stays the cross-entropy

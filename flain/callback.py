@@ -26,7 +26,7 @@ from torch import Tensor
 
 from fedsim.clients import Optimizer
 from fedsim.posttrain import PostTrainContext, PostTrainingDefense, SetupContext
-from fedsim.repair.finetune import (check_distill, check_training, distillation_loss, scratch_model, teacher_model,
+from fedsim.repair.finetune import (check_distill, check_training, distill_from_theta_t, distill_info, scratch_model,
                                    train_on_aux)
 from flain.activations import resolve_layer
 from fedsim.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, bounded
@@ -161,9 +161,7 @@ class FLAIN(PostTrainingDefense):
             layer = r.layer.split("#")[0]
             mask = flip_mask(r.order, r.k)
             flipped[layer] = mask if layer not in flipped else flipped[layer] | mask
-        # the teacher is theta_T before the flips, in a model of its own
-        loss_fn = distillation_loss(teacher_model(ctx, ctx.theta_t), self.finetune_distill,
-                                    self.finetune_temperature) if self.finetune_distill > 0 else None
+        loss_fn = distill_from_theta_t(ctx, self.finetune_distill, self.finetune_temperature)  # theta_T before the flips
         with scratch_model(ctx, vec) as model:
             modules = dict(model.named_modules())
             held = {layer: modules[layer].weight.detach()[:, mask].clone()
@@ -179,12 +177,10 @@ class FLAIN(PostTrainingDefense):
                                   optimizer=self.finetune_optimizer, after_step=hold if held else None,
                                   loss_fn=loss_fn)
             out = ctx.layout.flatten(model)
-        info = {"epochs": self.finetune_epochs, "lr": self.finetune_lr,
-                "optimizer": self.finetune_optimizer, "frozen_columns": int(sum(m.sum() for m in flipped.values()))
-                if self.finetune_freeze else 0, "loss_per_epoch": losses}
-        if self.finetune_distill > 0:  # absent otherwise, so earlier summaries stay as they were
-            info.update(distill=self.finetune_distill, temperature=self.finetune_temperature)
-        return out, info
+        return out, {"epochs": self.finetune_epochs, "lr": self.finetune_lr,
+                     "optimizer": self.finetune_optimizer, "frozen_columns": int(sum(m.sum() for m in flipped.values()))
+                     if self.finetune_freeze else 0, "loss_per_epoch": losses,
+                     **distill_info(self.finetune_distill, self.finetune_temperature)}
 
     def _log(self, ctx: PostTrainContext, results: list[ThresholdResult]) -> None:
         step, logger = ctx.rounds, ctx.logger

@@ -78,14 +78,24 @@ def distillation_loss(teacher: nn.Module, weight: float, temperature: float
     return loss
 
 
-def teacher_model(ctx: PostTrainContext, params: Tensor) -> nn.Module:
-    """A frozen copy of the context's model loaded with ``params`` (eval mode, no gradients)."""
+def distill_from_theta_t(ctx: PostTrainContext, weight: float, temperature: float
+                         ) -> Optional[Callable[[Tensor, Tensor, Tensor], Tensor]]:
+    """The ``loss_fn`` of a fine-tune that distils theta_T with ``weight`` (None at weight 0: the
+    plain cross-entropy). The teacher is a frozen copy of the context's model holding theta_T (eval
+    mode, no gradients), so the scratch model stays free for the student."""
+    if weight == 0:
+        return None
     teacher = copy.deepcopy(ctx.model)
-    ctx.layout.load(teacher, params.to(ctx.device))
-    teacher.eval()
+    ctx.layout.load(teacher, ctx.theta_t.to(ctx.device))
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher
+    return distillation_loss(teacher, weight, temperature)
+
+
+def distill_info(weight: float, temperature: float) -> dict[str, Any]:
+    """The summary keys of a distilling fine-tune; none for weight 0, so earlier summaries stay as
+    they were."""
+    return {"distill": weight, "temperature": temperature} if weight > 0 else {}
 
 
 def check_training(epochs: tuple[str, Any], lr: tuple[str, Any], batch_size: tuple[str, Any],
@@ -157,15 +167,12 @@ class FineTuning(PostTrainingDefense):
         self.batch_size, self.optimizer = batch_size, optimizer
 
     def repair(self, ctx: PostTrainContext) -> tuple[Tensor, dict[str, Any]]:
-        loss_fn = distillation_loss(teacher_model(ctx, ctx.theta_t), self.distill, self.temperature) \
-            if self.distill > 0 else None
+        loss_fn = distill_from_theta_t(ctx, self.distill, self.temperature)
         with scratch_model(ctx, ctx.theta_t) as model:
             losses = train_on_aux(
                 model, ctx, name=self.name, epochs=self.epochs, lr=self.lr,
                 momentum=self.momentum, batch_size=self.batch_size, optimizer=self.optimizer, loss_fn=loss_fn)
             repaired = ctx.layout.flatten(model)
         info = {"epochs": self.epochs, "optimizer": self.optimizer, "loss_per_epoch": losses,
-                "train_loss": losses[-1] if losses else float("nan")}
-        if self.distill > 0:  # absent otherwise, so earlier summaries stay as they were
-            info.update(distill=self.distill, temperature=self.temperature)
+                "train_loss": losses[-1] if losses else float("nan"), **distill_info(self.distill, self.temperature)}
         return repaired, info
