@@ -42,12 +42,18 @@ continues from its checkpoint). ``cells.json`` in ``out_dir`` lists every cell's
 seed, run directory and status, for ``launch/report.py``.
 
 ``resume_from: <out_dir of another grid>`` evaluates new post-training defenses on runs that are
-already trained: each cell starts from the same-named cell's ``checkpoints/last.ckpt`` of that
-grid (``--resume <path>`` instead of ``auto``) and, the run being finished, trains no round and
-runs only its callbacks into its own run directory. The axes and training overrides must be the
-source grid's (a different trajectory is refused by the resume check, naming the field); add the
-callbacks with an overlay. A cell whose source has not finished waits (status ``waiting``), so
-the grid can be rerun while the source grid is still training.
+already trained: each cell starts from ``checkpoints/last.ckpt`` of that grid's cell with the
+same axis values and seed (``--resume <path>`` instead of ``auto``) and, the run being finished,
+trains no round and runs only its callbacks into its own run directory. The cell is found in the
+source's ``cells.json`` by its values as a mapping, so the axes may come in another order (and the
+folder names differ); a source without ``cells.json`` is matched by folder name. The training
+configuration must be the source's (a different trajectory is refused by the resume check, naming
+the field); add the callbacks with an overlay. A cell whose source has not finished waits (status
+``waiting``), so the grid can be rerun while the source grid is still training.
+
+``resume_from`` may also be a list of out_dirs: a cell starts from the first grid that has it. So
+a cell that one grid trains (e.g. the regime grid's FedAvg under BadNets) need not be trained again
+by another grid that leaves it out with ``only`` and lists both as sources for its post-training grids.
 """
 
 from __future__ import annotations
@@ -87,7 +93,7 @@ class Grid:
     axes: dict[str, dict[str, dict[str, Any]]]
     overrides: dict[str, Any]
     order: str = "seeds_last"
-    resume_from: Optional[str] = None
+    resume_from: Optional[tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -122,13 +128,18 @@ def load_grid(path: str) -> Grid:
     if order not in ORDERS:
         raise ValueError(f"grid.order must be one of {list(ORDERS)}, got {order!r}")
     resume_from = raw.get("resume_from")
-    if resume_from is not None and (not isinstance(resume_from, str) or not resume_from):
-        raise ValueError(f"grid.resume_from must be the out_dir of a trained grid, got {resume_from!r}")
+    if resume_from is not None:
+        sources = resume_from if isinstance(resume_from, list) else [resume_from]
+        if not sources or not all(isinstance(s, str) and s for s in sources):
+            raise ValueError("grid.resume_from must be the out_dir of a trained grid or a non-empty list of them, "
+                             f"got {resume_from!r}")
+        resume_from = tuple(sources)
     axes = _check_axes(raw.get("axes") or {})
     _check_restrictions(axes, seeds)
     out_dir = raw.get("out_dir") or f"runs/grids/{raw['name']}"
-    if resume_from is not None and Path(resume_from).resolve() == Path(out_dir).resolve():
-        raise ValueError(f"grid.resume_from must differ from grid.out_dir, got {resume_from!r} for both")
+    for source in resume_from or ():
+        if Path(source).resolve() == Path(out_dir).resolve():
+            raise ValueError(f"grid.resume_from must differ from grid.out_dir, got {source!r} for both")
     return Grid(raw["name"], raw["base"], out_dir, seeds, axes, overrides, order, resume_from)
 
 
@@ -215,8 +226,34 @@ def cell_args(grid: Grid, values: dict[str, str], seed: int, run_dir: str) -> li
 
 
 def source_dir(grid: Grid, values: dict[str, str], seed: int) -> Path:
-    """With ``resume_from``: the trained cell of the same name and seed in that grid."""
-    return Path(grid.resume_from) / cell_name(values) / f"seed{seed}"
+    """With ``resume_from``: the trained cell with the same axis values and seed in the first
+    source grid that lists it in its ``cells.json`` (or, without one, has its folder name); a
+    cell no source has yet is looked for under the first source's folder name (it waits)."""
+    key = _cell_key(values, seed)
+    for source in grid.resume_from:
+        cells = _source_cells(source)
+        if cells is None:
+            path = Path(source) / cell_name(values) / f"seed{seed}"
+            if path.is_dir():
+                return path
+        elif key in cells:
+            return Path(source) / cells[key]
+    return Path(grid.resume_from[0]) / cell_name(values) / f"seed{seed}"
+
+
+def _cell_key(values: dict[str, Any], seed: int) -> tuple:
+    """A cell's identity across grids: its axis values in any axis order, and its seed."""
+    return tuple(sorted((str(a), str(v)) for a, v in values.items())), int(seed)
+
+
+def _source_cells(source: str) -> Optional[dict[tuple, Path]]:
+    """Cell key -> "<folder>/seed<k>" of the cells a source grid's ``cells.json`` lists (None without one)."""
+    path = Path(source) / "cells.json"
+    if not path.is_file():
+        return None
+    cells = json.loads(path.read_text()).get("cells", [])
+    return {_cell_key(c["values"], c["seed"]): Path(Path(c["run_dir"]).parent.name) / Path(c["run_dir"]).name
+            for c in cells}
 
 
 def source_checkpoint(grid: Grid, values: dict[str, str], seed: int) -> Path:
