@@ -428,6 +428,27 @@ def test_best_robust_aggregator_is_the_lowest_asr_per_row_then_the_highest_accur
     assert report.best_robust(rows, ["krum", "deepsight"], groups) == {}  # no FedAvg to be robust against
 
 
+def test_robust_check_measures_a_training_time_defense_against_fedavg_of_the_same_row():
+    rows = [("iid",), ("dir",), ("x",)]
+    groups = {(("iid",), "fedavg"): [{"acc": 0.986, "asr": 1.0, "seed": 0}, {"acc": 0.984, "asr": 1.0, "seed": 1},
+                                     {"acc": 0.95, "asr": 1.0, "seed": 2}],  # seeds 0-1: mean 98.5%
+              (("dir",), "fedavg"): [{"acc": 0.985, "asr": 1.0, "seed": 0}],
+              (("iid",), "fedavg+flain"): [{"acc": 0.985, "asr": 1.0, "acc_before": 0.985, "acc_after": 0.98,
+                                            "asr_before": 1.0, "asr_after": 0.0, "seed": 0}],
+              (("iid",), "flame"): [{"acc": 0.981, "asr": 0.0, "seed": 0},
+                                    {"acc": 0.981, "asr": 0.098, "seed": 1}],  # ASR 4.9%, -0.4 pt
+              (("dir",), "flame"): [{"acc": 0.979, "asr": 0.0, "seed": 5}],   # no FedAvg seed 5: all of its: -0.6 pt
+              (("x",), "flame"): [{"acc": 0.99, "asr": 0.0, "seed": 0}],      # no FedAvg in the row: not checked
+              (("iid",), "median"): [{"acc": 0.986, "asr": 0.06, "seed": 0}]}  # ASR 6%, against seed 0 only
+    cols = ["fedavg", "fedavg+flain", "flame", "median"]
+    lines = report.robust_check(["distribution"], rows, cols, groups)
+    assert lines[0].startswith("**flame** (during training") and "in 1 of 2 rows (distribution)" in lines[0]
+    assert lines[2] == "- not met: dir (ASR 0.0%, ACC -0.6 pt)"
+    assert "in 0 of 1 rows" in lines[4] and lines[6] == "- not met: iid (ASR 6.0%, ACC +0.0 pt)"
+    assert len(lines) == 8  # fedavg and its FLAIN block are not training-time defenses
+    assert report.robust_check(["distribution"], rows, ["flame", "median"], groups) == []  # no FedAvg
+
+
 def test_a_cell_in_two_grids_is_one_run_with_the_blocks_of_both(tmp_path):
     """A resume_from grid's cell and its source cell (same axis values and seed) are reported as
     one run: its trained model once (no duplicated seed), the post-training blocks of both grids."""
