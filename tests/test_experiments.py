@@ -345,6 +345,44 @@ def test_report_of_a_directory_with_neither_file_is_a_one_line_error(tmp_path, c
     assert ("neither cells.json" in err) == (make == "empty") and ("no such directory" in err) == (make == "missing")
 
 
+def _grid_of(tmp_path: Path, values: list[dict]) -> Path:
+    cells = []
+    for i, v in enumerate(values):
+        run_dir = tmp_path / f"cell{i}" / "seed0"
+        _fake_run(run_dir, 0.9, 0.1 * i)
+        cells.append({"values": v, "seed": 0, "run_dir": str(run_dir)})
+    axes = {a: list(dict.fromkeys(v[a] for v in values)) for a in values[0]}
+    (tmp_path / "cells.json").write_text(json.dumps({"name": "g", "axes": axes, "cells": cells}))
+    return tmp_path
+
+
+def test_report_where_keeps_the_runs_of_the_chosen_axis_values(tmp_path, capsys):
+    values = [{"attack": a, "mcr": m, "defense": "fedavg"} for a in ("badnets", "dba", "a3fl") for m in ("0.1", "0.2")]
+    grid = _grid_of(tmp_path, values)
+    axes, runs = report.load_grids([str(grid)])[:2]
+    kept_axes, kept = report.select(axes, runs, ["mcr=0.2", "attack!=dba"])
+    assert [r["values"] for r in kept] == [values[1], values[5]]
+    assert kept_axes == {"attack": ["badnets", "a3fl"], "mcr": ["0.2"], "defense": ["fedavg"]}
+    result = report.main([str(grid), "--out", str(tmp_path / "rep"), "--no_plots", "--where", "mcr=0.2",
+                          "--where", "attack!=dba"])
+    assert result["rows"] == [("badnets", "0.2"), ("a3fl", "0.2")] and result["runs"] == 2
+    assert "--where 'mcr=0.2' --where 'attack!=dba'" in result["readme_block"]  # the command that made it
+
+
+@pytest.mark.parametrize("where, message", [
+    ("seed=0", "no axis 'seed'; the grids' axes are attack, mcr, defense"),
+    ("mcr", "--where must read axis=v1,v2 or axis!=v1,v2 (axes: attack, mcr, defense), got 'mcr'"),
+    ("mcr=", "--where must read axis=v1,v2"),
+])
+def test_report_bad_where_is_a_one_line_error_naming_the_axes(tmp_path, capsys, where, message):
+    grid = _grid_of(tmp_path, [{"attack": "badnets", "mcr": "0.1", "defense": "fedavg"}])
+    with pytest.raises(SystemExit) as info:
+        report.main([str(grid), "--out", str(tmp_path / "rep"), "--where", where])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "rep").exists()  # before any work
+
+
 def test_report_refuses_a_run_directory_together_with_a_grid(tmp_path, capsys):
     run_dir = _one_run(tmp_path / "run")
     (tmp_path / "grid").mkdir()
