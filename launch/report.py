@@ -1,7 +1,11 @@
 """Turns a finished grid (launch/experiments.py), or one run, into a Markdown table, a CSV and PNG plots.
 
     python launch/report.py runs/grids/<name> [--out docs/results/<name>] [--columns defense]
+    python launch/report.py runs/grids/<a> runs/grids/<b> --where mcr=0.2,0.4 --where 'attack!=dba'
     python launch/report.py runs/<run>          # one run directory (summary.json, no cells.json)
+
+Several grids are reported together (a cell with the same axis values and seed in two of them is
+one run with the post-training blocks of both); ``--where`` keeps the runs with those axis values.
 
 Written for the evaluation of FLAIN (Ding, Yang, Huang, arXiv 2408.08655, ICMR 2025). Rows are
 the combinations of every axis except the column axis (default "defense"), in grid order;
