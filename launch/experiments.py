@@ -51,14 +51,14 @@ configuration must be the source's (a different trajectory is refused by the res
 the field); add the callbacks with an overlay. A cell whose source has not finished waits (status
 ``waiting``), so the grid can be rerun while the source grid is still training.
 
-``resume_from`` may also be a list of out_dirs: a cell starts from the first grid that has it. So
-a cell that one grid trains (e.g. the regime grid's FedAvg under BadNets) need not be trained again
-by another grid that leaves it out with ``only`` and lists both as sources for its post-training grids.
+``resume_from`` may also be a list of out_dirs: a cell starts from the first grid that has it, so
+one post-training grid can cover runs that different grids trained.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -207,8 +207,9 @@ def cell_name(values: dict[str, str]) -> str:
     return "_".join(re.sub(r"[^A-Za-z0-9.+=-]", "-", v) for v in values.values()) or "base"
 
 
-def cell_args(grid: Grid, values: dict[str, str], seed: int, run_dir: str) -> list[str]:
-    """train.py arguments of one cell, in the documented order (later wins)."""
+def cell_args(grid: Grid, values: dict[str, str], seed: int, run_dir: str, source: Optional[Path] = None) -> list[str]:
+    """train.py arguments of one cell, in the documented order (later wins); with ``resume_from``
+    the cell resumes from ``source`` (default: ``source_dir``)."""
     configs, dotted = _split(grid.overrides)
     configs.insert(0, grid.base)
     for axis, name in values.items():
@@ -220,7 +221,8 @@ def cell_args(grid: Grid, values: dict[str, str], seed: int, run_dir: str) -> li
     wandb = ["--logger.name", f"{cell_name(values)}-seed{seed}", "--logger.job_type", "grid-cell",
              "--logger.tags", json.dumps([f"{a}={v}" for a, v in values.items()]),
              "--logger.config", json.dumps({**values, "seed": seed, "grid": grid.name})]
-    resume = "auto" if grid.resume_from is None else str(source_checkpoint(grid, values, seed))
+    resume = "auto" if grid.resume_from is None else \
+        str((source or source_dir(grid, values, seed)) / "checkpoints" / "last.ckpt")
     return args + dotted + ["--seed", str(seed), "--run_dir", run_dir,
                             "--logger.group", grid.name, *wandb, "--resume", resume]
 
@@ -249,15 +251,15 @@ def _cell_key(values: dict[str, Any], seed: int) -> tuple:
 def _source_cells(source: str) -> Optional[dict[tuple, Path]]:
     """Cell key -> "<folder>/seed<k>" of the cells a source grid's ``cells.json`` lists (None without one)."""
     path = Path(source) / "cells.json"
-    if not path.is_file():
-        return None
-    cells = json.loads(path.read_text()).get("cells", [])
+    return _read_cells(str(path), path.stat().st_mtime_ns) if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=16)
+def _read_cells(path: str, mtime_ns: int) -> dict[tuple, Path]:
+    """Parsed once per version of the file (``mtime_ns``), not once per cell of the grid."""
+    cells = json.loads(Path(path).read_text()).get("cells", [])
     return {_cell_key(c["values"], c["seed"]): Path(Path(c["run_dir"]).parent.name) / Path(c["run_dir"]).name
             for c in cells}
-
-
-def source_checkpoint(grid: Grid, values: dict[str, str], seed: int) -> Path:
-    return source_dir(grid, values, seed) / "checkpoints" / "last.ckpt"
 
 
 def _allowed(grid: Grid, values: dict[str, str], seed: int) -> bool:
@@ -283,8 +285,9 @@ def expand(grid: Grid) -> list[Cell]:
         if not _allowed(grid, values, seed):
             continue
         run_dir = str(Path(grid.out_dir) / cell_name(values) / f"seed{seed}")
-        source = str(source_dir(grid, values, seed)) if grid.resume_from is not None else None
-        cells.append(Cell(values, seed, run_dir, cell_args(grid, values, seed, run_dir), source))
+        source = source_dir(grid, values, seed) if grid.resume_from is not None else None
+        cells.append(Cell(values, seed, run_dir, cell_args(grid, values, seed, run_dir, source),
+                          None if source is None else str(source)))
     dirs = [c.run_dir for c in cells]
     if len(set(dirs)) != len(dirs):
         raise ValueError("grid.axes: two cells map to the same run directory; make value names unique")

@@ -218,10 +218,16 @@ def claim_check(row_axes, rows, cols, groups, asr_max: float = 0.05, acc_drop_ma
             name = " / ".join(row) or "all"
             text = f"{name} (ASR {100 * asr:.1f}%, ACC {-100 * drop:+.1f} pt)"
             (met if asr < asr_max and drop < acc_drop_max else missed).append(text)
-        lines += [f"**{col}**: ASR after < {100 * asr_max:g}% with < {100 * acc_drop_max:g} pt clean-accuracy "
-                  f"loss in {len(met)} of {len(cells)} rows ({' x '.join(row_axes) or 'all'}).",
-                  "", f"- not met: {'; '.join(missed) if missed else 'none'}", ""]
+        lines += _bounds_lines(f"**{col}**: ASR after", row_axes, met, missed, asr_max, acc_drop_max)
     return lines
+
+
+def _bounds_lines(head: str, row_axes, met: list[str], missed: list[str], asr_max: float, acc_drop_max: float
+                  ) -> list[str]:
+    """The Markdown of one column's check: how many rows meet both bounds, and which do not."""
+    return [f"{head} < {100 * asr_max:g}% with < {100 * acc_drop_max:g} pt clean-accuracy loss in {len(met)} of "
+            f"{len(met) + len(missed)} rows ({' x '.join(row_axes) or 'all'}).",
+            "", f"- not met: {'; '.join(missed) if missed else 'none'}", ""]
 
 
 def robust_check(row_axes, rows, cols, groups, asr_max: float = 0.05, acc_drop_max: float = 0.005,
@@ -239,20 +245,18 @@ def robust_check(row_axes, rows, cols, groups, asr_max: float = 0.05, acc_drop_m
         met, missed = [], []
         for row in rows:
             nums = [n for n in groups.get((row, col), []) if "asr" in n and "acc" in n]
-            ref = [n for n in groups.get((row, baseline), []) if "acc" in n]
-            seeds = {n.get("seed") for n in nums}
-            ref = [n["acc"] for n in ([n for n in ref if n.get("seed") in seeds] or ref)]
-            if not nums or not ref:
+            base = [n for n in groups.get((row, baseline), []) if "acc" in n]
+            if not nums or not base:
                 continue
+            seeds = {n.get("seed") for n in nums}
+            same_seeds = [n for n in base if n.get("seed") in seeds] or base
             asr = mean_std([n["asr"] for n in nums])[0]
-            drop = mean_std(ref)[0] - mean_std([n["acc"] for n in nums])[0]
+            drop = mean_std([n["acc"] for n in same_seeds])[0] - mean_std([n["acc"] for n in nums])[0]
             text = f"{' / '.join(row) or 'all'} (ASR {100 * asr:.1f}%, ACC {round(-100 * drop, 1) + 0.0:+.1f} pt)"
             (met if asr < asr_max and drop < acc_drop_max else missed).append(text)
         if met or missed:
-            lines += [f"**{col}** (during training; ACC against {baseline}'s trained models of the row and seeds): ASR < "
-                      f"{100 * asr_max:g}% with < {100 * acc_drop_max:g} pt clean-accuracy loss in {len(met)} of "
-                      f"{len(met) + len(missed)} rows ({' x '.join(row_axes) or 'all'}).",
-                      "", f"- not met: {'; '.join(missed) if missed else 'none'}", ""]
+            head = f"**{col}** (during training; ACC against {baseline}'s trained models of the row and seeds): ASR"
+            lines += _bounds_lines(head, row_axes, met, missed, asr_max, acc_drop_max)
     return lines
 
 
@@ -848,16 +852,20 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+class WhereError(ValueError):
+    """A ``--where`` filter that does not parse or names no axis."""
+
+
 def parse_where(text: str, axes: dict[str, list[str]]) -> tuple[str, bool, list[str]]:
     """``axis=v1,v2`` (keep those values) or ``axis!=v1,v2`` (drop them) -> (axis, keep, values);
-    ValueError naming the axis and its values when it does not parse or names no axis."""
+    ``WhereError`` naming the axes when it does not parse or names no axis."""
     keep = "!=" not in text
     axis, sep, values = text.partition("=" if keep else "!=")
     axis = axis.strip()
     if not sep or not axis or not values.strip():
-        raise ValueError(f"--where must read axis=v1,v2 or axis!=v1,v2 (axes: {', '.join(axes)}), got {text!r}")
+        raise WhereError(f"--where must read axis=v1,v2 or axis!=v1,v2 (axes: {', '.join(axes)}), got {text!r}")
     if axis not in axes:
-        raise ValueError(f"--where {text!r}: no axis {axis!r}; the grids' axes are {', '.join(axes)}")
+        raise WhereError(f"--where {text!r}: no axis {axis!r}; the grids' axes are {', '.join(axes)}")
     return axis, keep, [v.strip() for v in values.split(",") if v.strip()]
 
 
@@ -915,13 +923,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if one_run:
         result = build_run_report(args.grid_dir[0], out, not args.no_plots)
     else:
-        axes = load_grids(args.grid_dir)[0] if args.where else {}
-        for text in args.where:
-            try:
-                parse_where(text, axes)
-            except ValueError as err:
-                _fail(str(err))
-        result = build_report(args.grid_dir, out, args.columns, not args.no_plots, args.where)
+        try:  # the filters are checked against the grids' axes before anything is written
+            result = build_report(args.grid_dir, out, args.columns, not args.no_plots, args.where)
+        except WhereError as err:
+            _fail(str(err))
     print(result["table"])
     print(f"{result['finished']}/{result['runs']} runs; wrote {out}")
     if args.readme:
