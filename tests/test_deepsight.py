@@ -172,6 +172,7 @@ def test_without_a_benign_majority_the_labels_flag_nobody():
     agg, layout, g = _tiny_setup(min_cluster_size=2)
     res = _round(agg, _crafted_updates(layout, n_honest=4, n_backdoor=6), g)
     assert res.metrics["suspicious"] == 0
+    assert res.metrics["te_min"] == 1 and res.metrics["te_median"] == 1.0
     assert res.accepted.all()
 
 
@@ -194,6 +195,7 @@ def test_clusters_with_a_third_or_more_suspicious_members_are_rejected_whole():
     res = _round(agg, updates, g)
     # TE = (10, 1) per pair: median 5.5, boundary 2.75: one suspicious member in each pair
     assert res.metrics["suspicious"] == 5
+    assert res.metrics["te_min"] == 1 and res.metrics["te_median"] == 5.5
     assert res.metrics["clusters"] == 5 and res.metrics["outliers"] == 0
     # every cluster is half suspicious (>= 1/3): nothing is accepted, the update is zero
     assert not res.accepted.any()

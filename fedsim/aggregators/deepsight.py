@@ -262,6 +262,8 @@ class DeepSight(Aggregator):
             "clip_bound": float(bound),
             "accepted_fraction": float(accepted.float().mean()),
             "suspicious": int(suspicious.sum()),
+            "te_min": int(te.min()),  # the labels' inputs: a model is suspicious iff TE <= te_median / 2
+            "te_median": float(te.double().quantile(0.5)),
             "clusters": int(len(np.unique(final[final >= 0]))),
             "outliers": int((final < 0).sum()),
             "none_accepted": float(not accepted.any()),
