@@ -197,6 +197,10 @@ def aggregate(axes: dict[str, list[str]], runs: list[dict[str, Any]], column: st
         bucket = groups.setdefault((row, col), [])
         if run["summary"] is not None:
             bucket.append({**run_numbers(run["summary"], run.get("block", col)), "seed": run["seed"]})
+    # in the axes' value order (first axis slowest), as one grid's cells come; for several grids
+    # a value that only a later grid has sorts after the earlier grids' values of its axis
+    order = {a: {str(v): i for i, v in enumerate(axes[a])} for a in row_axes}
+    rows.sort(key=lambda r: tuple(order[a].get(str(v), len(order[a])) for a, v in zip(row_axes, r)))
     return row_axes, rows, cols, groups
 
 
@@ -244,20 +248,91 @@ def robust_check(row_axes, rows, cols, groups, asr_max: float = 0.05, acc_drop_m
     for col in robust_columns(cols, groups, baseline):
         met, missed = [], []
         for row in rows:
-            nums = [n for n in groups.get((row, col), []) if "asr" in n and "acc" in n]
-            base = [n for n in groups.get((row, baseline), []) if "acc" in n]
-            if not nums or not base:
+            measured = _against_baseline(groups, row, col, baseline)
+            if measured is None:
                 continue
-            seeds = {n.get("seed") for n in nums}
-            same_seeds = [n for n in base if n.get("seed") in seeds] or base
-            asr = mean_std([n["asr"] for n in nums])[0]
-            drop = mean_std([n["acc"] for n in same_seeds])[0] - mean_std([n["acc"] for n in nums])[0]
+            asr, drop = measured
             text = f"{' / '.join(row) or 'all'} (ASR {100 * asr:.1f}%, ACC {round(-100 * drop, 1) + 0.0:+.1f} pt)"
             (met if asr < asr_max and drop < acc_drop_max else missed).append(text)
         if met or missed:
             head = f"**{col}** (during training; ACC against {baseline}'s trained models of the row and seeds): ASR"
             lines += _bounds_lines(head, row_axes, met, missed, asr_max, acc_drop_max)
     return lines
+
+
+def _against_baseline(groups, row, col, baseline: str = "fedavg") -> Optional[tuple[float, float]]:
+    """(mean ASR, mean clean-accuracy loss) of a training-time defense in one row, the loss against
+    ``baseline``'s trained models of that row and of the same seeds (all of the baseline's seeds
+    where it has none of the defense's); None where either has no run."""
+    nums = [n for n in groups.get((row, col), []) if "asr" in n and "acc" in n]
+    base = [n for n in groups.get((row, baseline), []) if "acc" in n]
+    if not nums or not base:
+        return None
+    seeds = {n.get("seed") for n in nums}
+    same_seeds = [n for n in base if n.get("seed") in seeds] or base
+    return (mean_std([n["asr"] for n in nums])[0],
+            mean_std([n["acc"] for n in same_seeds])[0] - mean_std([n["acc"] for n in nums])[0])
+
+
+def headline_table(row_axes, rows, cols, groups, best: Optional[dict] = None, asr_max: float = 0.05,
+                   acc_drop_max: float = 0.005, baseline: str = "fedavg") -> str:
+    """A compact table of the chosen columns ``cols``. A training column reads "ACC / ASR" (%), a
+    post-training column "ACC change (pt) / ASR after (%)" against the model it repaired, each
+    mean ± std over seeds; with ``best`` (``best_robust``) a last column names the row's best
+    training-time defense with its ACC / ASR. Bold marks a mean that misses the paper's bounds:
+    ASR >= ``asr_max``, or a loss >= ``acc_drop_max`` (for a training-time defense, against
+    ``baseline``'s trained models of the row and seeds, as in ``robust_check``). Rows where none
+    of ``cols`` has a finished run are left out."""
+    def ms(values, scale, fmt):
+        mean, std = mean_std(values)
+        text = fmt.format(scale * mean)
+        return text if len(values) < 2 else f"{text} ± {scale * std:.{2 if '2f' in fmt else 1}f}"
+    def bold(text, miss):
+        return f"**{text}**" if miss else text
+    def trained(row, col):
+        nums = [n for n in groups.get((row, col), []) if "acc" in n and "asr" in n]
+        if not nums:
+            return "–"
+        measured = None if col == baseline else _against_baseline(groups, row, col, baseline)
+        asr, drop = measured if measured else (0.0, 0.0)
+        return (f"{bold(ms([n['acc'] for n in nums], 100, '{:.2f}'), drop >= acc_drop_max)} / "
+                f"{bold(ms([n['asr'] for n in nums], 100, '{:.1f}'), measured is not None and asr >= asr_max)}")
+    def repaired(nums):
+        nums = [n for n in nums if "acc_after" in n and "acc_before" in n]
+        if not nums:
+            return "–"
+        change = [n["acc_after"] - n["acc_before"] for n in nums]
+        asr = [n["asr_after"] for n in nums if "asr_after" in n]
+        acc_text = bold(ms(change, 100, "{:+.2f}"), -mean_std(change)[0] >= acc_drop_max)
+        asr_text = bold(ms(asr, 100, "{:.1f}"), mean_std(asr)[0] >= asr_max) if asr else "–"
+        return f"{acc_text} / {asr_text}"
+    extra = ["best robust aggregator"] if best else []
+    head = [*row_axes, *cols, *extra] if row_axes else ["", *cols, *extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if not any(groups.get((row, col)) for col in cols):
+            continue  # nothing finished in the row yet (the full table lists it)
+        cells = []
+        for col in cols:
+            nums = groups.get((row, col), [])
+            post = nums and all("acc_after" in n for n in nums)
+            cells.append(repaired(nums) if post else trained(row, col))
+        if best:
+            c, _ = best.get(row, ("", []))
+            cells.append(f"{c}: {trained(row, c)}" if c else "–")
+        lines.append("| " + " | ".join([*(row or ("all",)), *cells]) + " |")
+    return "\n".join(lines)
+
+
+class HeadlineError(ValueError):
+    """A ``--headline`` column that the report does not have."""
+
+
+def check_headline(headline: list[str], cols: list[str]) -> None:
+    unknown = [c for c in headline if c not in cols]
+    if unknown:
+        raise HeadlineError(f"--headline: no column {', '.join(map(repr, unknown))}; the report's columns: "
+                            f"{', '.join(cols)}")
 
 
 def flain_table(row_axes, rows, cols, groups) -> str:
@@ -605,11 +680,13 @@ def _save(fig, path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- entry point
 def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", plots: bool = True,
-                 where: Optional[list[str]] = None) -> dict[str, Any]:
+                 where: Optional[list[str]] = None, headline: Optional[list[str]] = None) -> dict[str, Any]:
     """Writes README.md, results.csv and the plots into ``out`` (default <grid_dir>/report).
     ``grid_dir`` may be a list of grid directories: their runs are reported together. A single
     run directory (summary.json, no cells.json) gets ``build_run_report``. ``where`` keeps only
-    the runs that match every filter (``select``)."""
+    the runs that match every filter (``select``). ``headline`` (column names) adds a compact
+    table of those columns (``headline_table``) at the top of README.md and makes the README
+    block that table with the claim check of its post-training columns only."""
     dirs = [grid_dir] if isinstance(grid_dir, (str, Path)) else list(grid_dir)
     if len(dirs) == 1 and is_run_dir(dirs[0]):
         return build_run_report(dirs[0], out, plots)
@@ -619,9 +696,19 @@ def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", p
         axes, raw_runs = select(axes, raw_runs, where)
     runs = expand_post(raw_runs, column)
     row_axes, rows, cols, groups = aggregate(axes, runs, column)
+    if headline:
+        check_headline(headline, cols)
     out_dir.mkdir(parents=True, exist_ok=True)
     best = best_robust(rows, cols, groups)
     table = markdown_table(row_axes, rows, cols, groups, best)
+    head_lines = []
+    if headline:
+        head_lines = ["Headline: a training column reads ACC / ASR (%), a post-training column the clean-accuracy "
+                      "change (pt) / ASR after (%) of the model it repaired, mean ± std over seeds; the best "
+                      "robust aggregator is the training-time rule with the lowest mean ASR (then the highest "
+                      "ACC); **bold**: misses ASR < 5% or a loss < 0.5 pt (a training-time rule's against "
+                      "FedAvg's trained models of the row and seeds); rows with no finished run are left out.", "",
+                      headline_table(row_axes, rows, headline, groups, best), ""]
     write_csv(out_dir / "results.csv", row_axes, rows, cols, groups)
     figures = []
     if plots:
@@ -635,7 +722,7 @@ def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", p
             "post-training defenses show before -> after (`x+name`: post-training callback `name` of the "
             "same `x` run).", ""]
     text += [f"Code: {name} ran at commit(s) {', '.join(c) or 'unrecorded'}." for name, c in commits.items()]
-    text += ["", table, "", *accuracy_floor(row_axes, rows, cols, groups), ""]
+    text += ["", *head_lines, table, "", *accuracy_floor(row_axes, rows, cols, groups), ""]
     claim = claim_check(row_axes, rows, cols, groups)
     if claim:
         text += ["## Post-training defenses against the FLAIN paper's claim (ASR < 5%, clean-accuracy loss "
@@ -658,10 +745,15 @@ def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", p
     (out_dir / "README.md").write_text("\n".join(text) + "\n")
     code = "; ".join(n + " at " + (", ".join(c) or "unrecorded") for n, c in commits.items())
     command = " ".join(["python launch/report.py", *(str(d) for d in dirs), "--out", str(out_dir),
-                        *(f"--where '{w}'" for w in where or [])])
+                        *(f"--where '{w}'" for w in where or []),
+                        *(["--headline", ",".join(headline)] if headline else [])])
     block = [f"Generated by `{command}` from {done} of {len(raw_runs)} runs ({code}). Full table and plots: "
-             f"[{out_dir}]({out_dir}/README.md).", "", *accuracy_floor(row_axes, rows, cols, groups), "", *claim, *robust]
-    if ftable:
+             f"[{out_dir}]({out_dir}/README.md).", ""]
+    if headline:
+        block += [*head_lines, *claim_check(row_axes, rows, [c for c in headline if c in cols], groups)]
+    else:
+        block += [*accuracy_floor(row_axes, rows, cols, groups), "", *claim, *robust]
+    if ftable and not headline:
         block += ["Over all rows (mean of the per-row means; spread = mean of the per-row std over seeds):", "",
                   summary_by_column(rows, cols, groups)]
     return {"table": table, "rows": rows, "columns": cols, "finished": done, "runs": len(raw_runs), "figures": figures,
@@ -913,19 +1005,23 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--where", action="append", default=[], metavar="AXIS=V1,V2",
                         help="keep only the runs with these values of an axis (AXIS!=V1,V2: without them); "
                              "repeatable, e.g. --where mcr=0.2,0.4 --where 'attack!=dba'")
+    parser.add_argument("--headline", default=None, metavar="COL1,COL2",
+                        help="a compact table of these columns (and the best robust aggregator) at the top of "
+                             "the report; with --readme the block is that table and its claim check")
     parser.add_argument("--name", default=None,
                         help="the block's <name> for --readme (default: the first grid's name)")
     args = parser.parse_args(argv)
     one_run = check_dirs(args.grid_dir)
     out = args.out or str(Path(args.grid_dir[0]) / "report")
-    if one_run and args.where:
-        _fail("--where selects runs of grids; a run directory is reported as it is")
+    if one_run and (args.where or args.headline):
+        _fail(f"{'--where' if args.where else '--headline'} is for grids; a run directory is reported as it is")
     if one_run:
         result = build_run_report(args.grid_dir[0], out, not args.no_plots)
     else:
         try:  # the filters are checked against the grids' axes before anything is written
-            result = build_report(args.grid_dir, out, args.columns, not args.no_plots, args.where)
-        except WhereError as err:
+            headline = [c.strip() for c in args.headline.split(",") if c.strip()] if args.headline else None
+            result = build_report(args.grid_dir, out, args.columns, not args.no_plots, args.where, headline)
+        except (WhereError, HeadlineError) as err:
             _fail(str(err))
     print(result["table"])
     print(f"{result['finished']}/{result['runs']} runs; wrote {out}")

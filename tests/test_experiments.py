@@ -487,6 +487,67 @@ def test_robust_check_measures_a_training_time_defense_against_fedavg_of_the_sam
     assert report.robust_check(["distribution"], rows, ["flame", "median"], groups) == []  # no FedAvg
 
 
+def test_headline_table_shows_changes_for_post_training_columns_and_bolds_what_misses_the_bounds():
+    rows = [("iid",), ("dir",), ("x",)]
+    def post(before, after, asr_after, seed):
+        return {"acc": before, "asr": 1.0, "acc_before": before, "acc_after": after, "asr_before": 1.0,
+                "asr_after": asr_after, "seed": seed}
+    groups = {(("iid",), "fedavg"): [{"acc": 0.986, "asr": 1.0, "seed": 0}, {"acc": 0.984, "asr": 0.998, "seed": 1}],
+              (("iid",), "fedavg+flain"): [post(0.986, 0.985, 0.0, 0), post(0.984, 0.981, 0.02, 1)],
+              (("iid",), "fedavg+v"): [post(0.986, 0.980, 0.06, 0)],     # -0.6 pt, ASR 6%: both bold
+              (("iid",), "flame"): [{"acc": 0.980, "asr": 0.0, "seed": 0}],  # 0.6 pt below FedAvg seed 0: bold
+              (("iid",), "median"): [{"acc": 0.986, "asr": 0.9, "seed": 0}],
+              (("dir",), "fedavg"): [{"acc": 0.98, "asr": 1.0, "seed": 0}]}
+    cols = ["fedavg", "fedavg+flain", "fedavg+v", "flame", "median"]
+    best = report.best_robust(rows, cols, groups)
+    table = report.headline_table(["distribution"], rows, ["fedavg", "fedavg+flain", "fedavg+v"], groups, best)
+    lines = table.splitlines()
+    assert lines[0] == "| distribution | fedavg | fedavg+flain | fedavg+v | best robust aggregator |"
+    # FedAvg: means 98.50 ± 0.14 / 99.9 ± 0.1; FLAIN: changes -0.1 and -0.3 pt -> -0.20 ± 0.14, ASR 1.0 ± 1.4
+    assert lines[2] == ("| iid | 98.50 ± 0.14 / 99.9 ± 0.1 | -0.20 ± 0.14 / 1.0 ± 1.4 | **-0.60** / **6.0** | "
+                        "flame: **98.00** / 0.0 |")
+    assert lines[3] == "| dir | 98.00 / 100.0 | – | – | – |"  # no robust rule ran in the row
+    assert len(lines) == 4  # the row "x" has no finished run: left out
+    groups[(("iid",), "flame")] = [{"acc": 0.982, "asr": 0.0, "seed": 0}]  # 0.4 pt below: not bold
+    assert report.headline_table(["distribution"], rows, ["fedavg"], groups, best).splitlines()[2].endswith(
+        "| flame: 98.20 / 0.0 |")
+
+
+def test_report_headline_is_at_the_top_and_becomes_the_readme_block(tmp_path):
+    values = [{"attack": a, "defense": "fedavg"} for a in ("badnets", "dba")]
+    grid = _grid_of(tmp_path, values)
+    result = report.main([str(grid), "--out", str(tmp_path / "rep"), "--no_plots", "--headline", "fedavg"])
+    text = (tmp_path / "rep" / "README.md").read_text()
+    assert text.index("Headline: ") < text.index("| attack | fedavg |\n|---|---|\n| badnets | 90.0 / 0.0 |")
+    assert "| attack | fedavg |\n|---|---|\n| badnets | 90.00 / 0.0 |\n| dba | 90.00 / 10.0 |" in result["readme_block"]
+    assert "--headline fedavg" in result["readme_block"]  # the command that made it
+
+
+def test_report_rows_follow_the_axes_order_when_a_later_grid_adds_values(tmp_path):
+    a = _grid_of(tmp_path / "a", [{"attack": "x", "mcr": m, "defense": "fedavg"} for m in ("0.2", "0.4")])
+    b = _grid_of(tmp_path / "b", [{"attack": "plain", "mcr": m, "defense": "fedavg"} for m in ("0.2", "0.4")])
+    result = report.build_report([str(a), str(b)], str(tmp_path / "rep"), plots=False)
+    assert result["rows"] == [("x", "0.2"), ("x", "0.4"), ("plain", "0.2"), ("plain", "0.4")]
+    result = report.build_report([str(b), str(a)], str(tmp_path / "rep"), plots=False)
+    assert result["rows"] == [("plain", "0.2"), ("plain", "0.4"), ("x", "0.2"), ("x", "0.4")]
+    c = _grid_of(tmp_path / "c", [{"mcr": m, "attack": "x", "defense": "fedavg"} for m in ("0.4", "0.2")])
+    result = report.build_report([str(b), str(c)], str(tmp_path / "rep"), plots=False)
+    # axes merged in first-seen order: attack (plain, x) then mcr (0.2, 0.4), whatever c's own order
+    assert result["rows"] == [("plain", "0.2"), ("plain", "0.4"), ("x", "0.2"), ("x", "0.4")]
+
+
+@pytest.mark.parametrize("headline", ["fedavg,nope", "krum"])
+def test_report_unknown_headline_column_is_a_one_line_error_before_any_work(tmp_path, capsys, headline):
+    grid = _grid_of(tmp_path, [{"attack": "badnets", "defense": "fedavg"}])
+    with pytest.raises(SystemExit) as info:
+        report.main([str(grid), "--out", str(tmp_path / "rep"), "--headline", headline])
+    err = capsys.readouterr().err
+    bad = headline.split(",")[-1]
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--headline: no column '{bad}'; the report's columns: fedavg" in err
+    assert not (tmp_path / "rep").exists()
+
+
 def test_a_cell_in_two_grids_is_one_run_with_the_blocks_of_both(tmp_path):
     """A resume_from grid's cell and its source cell (same axis values and seed) are reported as
     one run: its trained model once (no duplicated seed), the post-training blocks of both grids."""
