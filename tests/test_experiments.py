@@ -521,6 +521,19 @@ def test_report_headline_is_at_the_top_and_becomes_the_readme_block(tmp_path):
     assert text.index("Headline: ") < text.index("| attack | fedavg |\n|---|---|\n| badnets | 90.0 / 0.0 |")
     assert "| attack | fedavg |\n|---|---|\n| badnets | 90.00 / 0.0 |\n| dba | 90.00 / 10.0 |" in result["readme_block"]
     assert "--headline fedavg" in result["readme_block"]  # the command that made it
+    assert "**fedavg**" not in result["readme_block"]  # FedAvg is the reference, not a checked rule
+
+
+def test_report_headline_block_checks_its_training_time_rules_against_fedavg(tmp_path):
+    # cell0: FedAvg 90.0 / 0.0; cell1: Krum 90.0 / 10.0 (ASR 10%: misses); cell2: median, not in the headline
+    values = [{"attack": "badnets", "defense": d} for d in ("fedavg", "krum", "median")]
+    grid = _grid_of(tmp_path, values)
+    result = report.main([str(grid), "--out", str(tmp_path / "rep"), "--no_plots", "--headline", "fedavg,krum"])
+    block = result["readme_block"]
+    assert "| attack | fedavg | krum | best robust aggregator |" in block
+    assert "| badnets | 90.00 / 0.0 | 90.00 / **10.0** | krum: 90.00 / **10.0** |" in block  # krum: lower ASR than median
+    assert "**krum** (during training" in block and "- not met: badnets (ASR 10.0%, ACC +0.0 pt)" in block
+    assert "**median**" not in block
 
 
 def test_report_rows_follow_the_axes_order_when_a_later_grid_adds_values(tmp_path):
