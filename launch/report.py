@@ -283,28 +283,29 @@ def headline_table(row_axes, rows, cols, groups, best: Optional[dict] = None, as
     ASR >= ``asr_max``, or a loss >= ``acc_drop_max`` (for a training-time defense, against
     ``baseline``'s trained models of the row and seeds, as in ``robust_check``). Rows where none
     of ``cols`` has a finished run are left out."""
-    def ms(values, scale, fmt):
+    def ms(values, digits, sign=""):  # percent (points), "mean ± std" over seeds, just the mean for one
         mean, std = mean_std(values)
-        text = fmt.format(scale * mean)
-        return text if len(values) < 2 else f"{text} ± {scale * std:.{2 if '2f' in fmt else 1}f}"
+        text = f"{100 * mean:{sign}.{digits}f}"
+        return text if len(values) < 2 else f"{text} ± {100 * std:.{digits}f}"
     def bold(text, miss):
         return f"**{text}**" if miss else text
     def trained(row, col):
         nums = [n for n in groups.get((row, col), []) if "acc" in n and "asr" in n]
         if not nums:
             return "–"
-        measured = None if col == baseline else _against_baseline(groups, row, col, baseline)
-        asr, drop = measured if measured else (0.0, 0.0)
-        return (f"{bold(ms([n['acc'] for n in nums], 100, '{:.2f}'), drop >= acc_drop_max)} / "
-                f"{bold(ms([n['asr'] for n in nums], 100, '{:.1f}'), measured is not None and asr >= asr_max)}")
+        rule = col != baseline  # the baseline itself is the reference, not checked
+        measured = _against_baseline(groups, row, col, baseline) if rule else None
+        asr = mean_std([n["asr"] for n in nums])[0]
+        return (f"{bold(ms([n['acc'] for n in nums], 2), measured is not None and measured[1] >= acc_drop_max)} / "
+                f"{bold(ms([n['asr'] for n in nums], 1), rule and asr >= asr_max)}")
     def repaired(nums):
         nums = [n for n in nums if "acc_after" in n and "acc_before" in n]
         if not nums:
             return "–"
         change = [n["acc_after"] - n["acc_before"] for n in nums]
         asr = [n["asr_after"] for n in nums if "asr_after" in n]
-        acc_text = bold(ms(change, 100, "{:+.2f}"), -mean_std(change)[0] >= acc_drop_max)
-        asr_text = bold(ms(asr, 100, "{:.1f}"), mean_std(asr)[0] >= asr_max) if asr else "–"
+        acc_text = bold(ms(change, 2, "+"), -mean_std(change)[0] >= acc_drop_max)
+        asr_text = bold(ms(asr, 1), mean_std(asr)[0] >= asr_max) if asr else "–"
         return f"{acc_text} / {asr_text}"
     extra = ["best robust aggregator"] if best else []
     head = [*row_axes, *cols, *extra] if row_axes else ["", *cols, *extra]

@@ -508,6 +508,9 @@ def test_headline_table_shows_changes_for_post_training_columns_and_bolds_what_m
                         "flame: **98.00** / 0.0 |")
     assert lines[3] == "| dir | 98.00 / 100.0 | – | – | – |"  # no robust rule ran in the row
     assert len(lines) == 4  # the row "x" has no finished run: left out
+    groups[(("x",), "median")] = [{"acc": 0.986, "asr": 0.9, "seed": 0}]  # no FedAvg in the row: ACC unchecked
+    assert report.headline_table(["distribution"], rows, ["median"], groups).splitlines()[2:] == [
+        "| iid | 98.60 / **90.0** |", "| x | 98.60 / **90.0** |"]
     groups[(("iid",), "flame")] = [{"acc": 0.982, "asr": 0.0, "seed": 0}]  # 0.4 pt below: not bold
     assert report.headline_table(["distribution"], rows, ["fedavg"], groups, best).splitlines()[2].endswith(
         "| flame: 98.20 / 0.0 |")
