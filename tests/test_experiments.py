@@ -447,19 +447,22 @@ def test_accuracy_floor_lists_the_rows_below_it():
     assert "mean 98.55%" in line and "lowest 98.40%" in line  # rows 98.7% and 98.4% and "below 98.5%: dir (98.40%)." in line
 
 
-def test_best_robust_aggregator_is_the_lowest_asr_per_row_then_the_highest_accuracy():
-    rows = [("iid",), ("dir",)]
+def test_best_robust_aggregator_meets_the_bounds_first_then_has_the_lowest_asr_then_the_highest_accuracy():
+    rows = [("iid",), ("dir",), ("mix",)]
     groups = {(("iid",), "fedavg"): [{"acc": 0.98, "asr": 1.0}], (("dir",), "fedavg"): [{"acc": 0.98, "asr": 1.0}],
               (("iid",), "fedavg+flain"): [{"acc": 0.98, "asr": 1.0, "acc_before": 0.98, "acc_after": 0.97,
                                             "asr_before": 1.0, "asr_after": 0.0}],
               (("iid",), "krum"): [{"acc": 0.95, "asr": 0.02}, {"acc": 0.97, "asr": 0.04}],  # ASR 3%
               (("dir",), "krum"): [{"acc": 0.90, "asr": 0.0}],
               (("iid",), "deepsight"): [{"acc": 0.98, "asr": 0.5}],
-              (("dir",), "deepsight"): [{"acc": 0.97, "asr": 0.0}]}  # ties krum on ASR, higher ACC
+              (("dir",), "deepsight"): [{"acc": 0.97, "asr": 0.0}],  # ties krum on ASR, higher ACC
+              # median meets both bounds (ASR 3%, -0.1 pt); krum has the lower ASR at -8 pt: median is best
+              (("mix",), "fedavg"): [{"acc": 0.98, "asr": 1.0}], (("mix",), "krum"): [{"acc": 0.90, "asr": 0.0}],
+              (("mix",), "deepsight"): [{"acc": 0.979, "asr": 0.03}]}
     cols = ["fedavg", "fedavg+flain", "krum", "deepsight"]
     assert report.robust_columns(cols, groups) == ["krum", "deepsight"]  # not FedAvg, not its FLAIN blocks
     best = report.best_robust(rows, cols, groups)
-    assert {r: c for r, (c, _) in best.items()} == {("iid",): "krum", ("dir",): "deepsight"}
+    assert {r: c for r, (c, _) in best.items()} == {("iid",): "krum", ("dir",): "deepsight", ("mix",): "deepsight"}
     table = report.markdown_table(["distribution"], rows, cols, groups, best).splitlines()
     assert table[0].endswith("| best robust aggregator |")
     assert table[2].endswith("| krum: 96.0 ± 1.4 / 3.0 ± 1.4 |") and table[3].endswith("| deepsight: 97.0 / 0.0 |")
