@@ -141,11 +141,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _pct(values: list[float]) -> str:
+def mean_std_text(values: list[float], scale: float = 1.0, spec: str = ".1f", std_spec: Optional[str] = None) -> str:
+    """``scale`` x "mean ± std" over ``values`` (the mean alone for one value, "–" for none), the mean
+    formatted with ``spec``, the std with ``std_spec`` (default: ``spec``)."""
     mean, std = mean_std(values)
     if math.isnan(mean):
         return "–"
-    return f"{100 * mean:.1f}" if len(values) < 2 else f"{100 * mean:.1f} ± {100 * std:.1f}"
+    text = format(scale * mean, spec)
+    return text if len(values) < 2 else f"{text} ± {format(scale * std, std_spec or spec)}"
+
+
+def _pct(values: list[float]) -> str:
+    return mean_std_text(values, 100)
 
 
 def format_cell(numbers: list[dict[str, Any]]) -> str:
@@ -284,10 +291,8 @@ def headline_table(row_axes, rows, cols, groups, best: Optional[dict] = None, as
     ASR >= ``asr_max``, or a loss >= ``acc_drop_max`` (for a training-time defense, against
     ``baseline``'s trained models of the row and seeds, as in ``robust_check``). Rows where none
     of ``cols`` has a finished run are left out."""
-    def ms(values, digits, sign=""):  # percent (points), "mean ± std" over seeds, just the mean for one
-        mean, std = mean_std(values)
-        text = f"{100 * mean:{sign}.{digits}f}"
-        return text if len(values) < 2 else f"{text} ± {100 * std:.{digits}f}"
+    def ms(values, digits, sign=""):  # percent (points); the std unsigned
+        return mean_std_text(values, 100, f"{sign}.{digits}f", f".{digits}f")
     def bold(text, miss):
         return f"**{text}**" if miss else text
     def trained(row, col):
@@ -343,11 +348,8 @@ def flain_table(row_axes, rows, cols, groups) -> str:
     flain_cols = [c for c in cols if any("k" in n for r in rows for n in groups.get((r, c), []))]
     if not flain_cols:
         return ""
-    def ms(values, scale=1.0, fmt="{:.1f}"):
-        mean, std = mean_std(values)
-        if math.isnan(mean):
-            return "–"
-        return fmt.format(scale * mean) + ("" if len(values) < 2 else " ± " + fmt.format(scale * std))
+    def ms(values, scale=1.0, spec=".1f"):
+        return mean_std_text(values, scale, spec)
     head = [*row_axes, "column", "seeds", "ASR after (%)", "ACC change (pt)", "k", "flipped"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -357,9 +359,9 @@ def flain_table(row_axes, rows, cols, groups) -> str:
                 continue
             lines.append("| " + " | ".join([*row, c, str(len(nums)),
                                              ms([n["asr_after"] for n in nums if "asr_after" in n], 100),
-                                             ms([n["acc_after"] - n["acc_before"] for n in nums], 100, "{:+.2f}"),
-                                             ms([n["k"] for n in nums], 1, "{:.4f}"),
-                                             ms([n["flipped_neurons"] for n in nums if "flipped_neurons" in n], 1, "{:.0f}")])
+                                             ms([n["acc_after"] - n["acc_before"] for n in nums], 100, "+.2f"),
+                                             ms([n["k"] for n in nums], 1, ".4f"),
+                                             ms([n["flipped_neurons"] for n in nums if "flipped_neurons" in n], 1, ".0f")])
                          + " |")
     return "\n".join(lines)
 
@@ -433,8 +435,8 @@ def best_robust(rows, cols, groups, baseline: str = "fedavg", asr_max: float = 0
             nums = [n for n in groups.get((row, c), []) if "asr" in n and "acc" in n]
             if nums:
                 asr, acc = mean_std([n["asr"] for n in nums])[0], mean_std([n["acc"] for n in nums])[0]
-                measured = _against_baseline(groups, row, c, baseline)
-                meets = measured is not None and measured[0] < asr_max and measured[1] < acc_drop_max
+                measured = _against_baseline(groups, row, c, baseline)  # (ASR, loss); None without FedAvg
+                meets = measured is not None and asr < asr_max and measured[1] < acc_drop_max
                 scored.append((not meets, asr, -acc, c, nums))
         if scored:
             *_, c, nums = min(scored, key=lambda t: t[:3])
