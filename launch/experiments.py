@@ -53,6 +53,20 @@ the field); add the callbacks with an overlay. A cell whose source has not finis
 
 ``resume_from`` may also be a list of out_dirs: a cell starts from the first grid that has it, so
 one post-training grid can cover runs that different grids trained.
+
+``--where axis=v1,v2`` (or ``axis!=v1,v2``; ``seed`` filters the seeds) runs only the cells that
+pass every filter, e.g. one seed or one row of a long grid first; the other cells stay listed in
+``cells.json`` as ``pending``.
+
+``--archive DIR`` keeps the results of a grid apart from its run directories, small enough to
+commit: ``DIR/<name>/<cell>/seed<k>/`` gets each finished cell's ``summary.json``, ``metrics.csv``,
+``rounds.jsonl`` and ``config.yaml`` (a few KB; no checkpoints, no models) as soon as it finishes,
+and ``DIR/<name>/cells.json`` lists every cell of the grid (status ``archived`` or ``pending``) and
+the commits of the code that ran them. A cell already in the archive counts as done, so a grid
+continues on another machine (or after its run directories were lost) from a checkout that has the
+archive, and ``launch/report.py DIR/<name>`` reports it like any grid. ``--archive_only`` copies
+the finished cells of ``out_dir`` into the archive and runs nothing. Cells of a ``resume_from``
+grid still need their source's checkpoint, which the archive does not hold.
 """
 
 from __future__ import annotations
@@ -63,6 +77,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -80,6 +95,7 @@ from fedsim.runtime.gitstate import git_state  # noqa: E402  (light: no torch)
 GRID_KEYS = {"name", "base", "out_dir", "seeds", "axes", "overrides", "order", "resume_from"}
 RESERVED = ("only", "seeds")  # keys of an axis value that restrict it instead of overriding
 ORDERS = ("seeds_last", "seeds_first")
+ARCHIVED = ("summary.json", "metrics.csv", "rounds.jsonl", "config.yaml")  # what --archive keeps of a finished cell
 
 
 @dataclass(frozen=True)
@@ -273,6 +289,42 @@ def _allowed(grid: Grid, values: dict[str, str], seed: int) -> bool:
     return True
 
 
+class WhereError(ValueError):
+    """A ``--where`` filter that does not parse or names no axis."""
+
+
+def parse_where(text: str, axes: dict[str, list[str]]) -> tuple[str, bool, list[str]]:
+    """``axis=v1,v2`` (keep those values) or ``axis!=v1,v2`` (drop them) -> (axis, keep, values);
+    ``WhereError`` naming the axes when it does not parse or names no axis. ``axes`` may hold
+    ``seed`` (its values the seeds as text): grids reserve that name for the seeds."""
+    keep = "!=" not in text
+    axis, sep, values = text.partition("=" if keep else "!=")
+    axis = axis.strip()
+    if not sep or not axis or not values.strip():
+        raise WhereError(f"--where must read axis=v1,v2 or axis!=v1,v2 (axes: {', '.join(axes)}), got {text!r}")
+    if axis not in axes:
+        raise WhereError(f"--where {text!r}: no axis {axis!r}; the grids' axes are {', '.join(axes)}")
+    return axis, keep, [v.strip() for v in values.split(",") if v.strip()]
+
+
+def passes(values: dict[str, Any], seed: int, filters: list[tuple[str, bool, list[str]]]) -> bool:
+    """Whether a cell (axis values, seed) passes every parsed ``--where`` filter."""
+    return all((str(seed if axis == "seed" else values.get(axis)) in names) == keep
+               for axis, keep, names in filters)
+
+
+def select_cells(grid: Grid, cells: list[Cell], where: list[str]) -> list[Cell]:
+    """The cells that pass every ``--where`` filter; ``WhereError`` before anything runs."""
+    axes = {**{a: list(v) for a, v in grid.axes.items()}, "seed": [str(s) for s in grid.seeds]}
+    filters = [parse_where(text, axes) for text in where]
+    for axis, _, names in filters:
+        unknown = [n for n in names if n not in axes[axis]]
+        if unknown:
+            raise WhereError(f"--where: {axis} has no value {', '.join(unknown)}; its values are "
+                             f"{', '.join(axes[axis])}")
+    return [c for c in cells if passes(c.values, c.seed, filters)]
+
+
 def expand(grid: Grid) -> list[Cell]:
     """The cartesian product of the axes (first axis slowest) times the seeds (fastest, or
     slowest with ``order: seeds_first``), minus what the values' restrictions exclude."""
@@ -296,6 +348,51 @@ def expand(grid: Grid) -> list[Cell]:
 
 def is_done(cell: Cell) -> bool:
     return (Path(cell.run_dir) / "summary.json").is_file()
+
+
+def archived_dir(cell: Cell, archive: Path) -> Path:
+    """Where ``--archive`` keeps a cell: ``<archive>/<grid name>/<cell>/seed<k>``."""
+    return archive / Path(cell.run_dir).parent.name / Path(cell.run_dir).name
+
+
+def is_archived(cell: Cell, archive: Optional[Path]) -> bool:
+    return archive is not None and (archived_dir(cell, archive) / "summary.json").is_file()
+
+
+def archive_cell(cell: Cell, archive: Path) -> bool:
+    """Copies a finished cell's ``ARCHIVED`` files (summary.json last: it marks the copy complete);
+    False when the cell has not finished."""
+    if not is_done(cell):
+        return False
+    dest = archived_dir(cell, archive)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in sorted(ARCHIVED, key=lambda n: n == "summary.json"):
+        if (Path(cell.run_dir) / name).is_file():
+            tmp = dest / f".{name}.tmp"
+            shutil.copyfile(Path(cell.run_dir) / name, tmp)
+            tmp.replace(dest / name)
+    return True
+
+
+def write_archive(grid: Grid, cells: list[Cell], archive: Path) -> None:
+    """The archive's cells.json: every cell of the grid with its archived run directory and status
+    ``archived`` or ``pending``, and the commits of the code that ran them: the archive's and those
+    of the out_dir's ``cells.json`` (not the commit of an ``--archive_only`` invocation)."""
+    commits = json.loads((archive / "cells.json").read_text()).get("commits", []) \
+        if (archive / "cells.json").is_file() else []
+    source = Path(grid.out_dir) / "cells.json"
+    for commit in (json.loads(source.read_text()).get("commits", []) if source.is_file() else []):
+        if commit not in commits:
+            commits.append(commit)
+    entries = [replace(c, run_dir=str(archived_dir(c, archive))) for c in cells]
+    doc = {"name": grid.name, "axes": {a: list(v) for a, v in grid.axes.items()}, "seeds": grid.seeds,
+           "commits": commits,
+           "cells": [{**asdict(e), "status": "archived" if is_archived(c, archive) else "pending"}
+                     for c, e in zip(cells, entries)]}
+    archive.mkdir(parents=True, exist_ok=True)
+    tmp = archive / "cells.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(archive / "cells.json")
 
 
 def is_ready(cell: Cell) -> bool:
@@ -343,32 +440,57 @@ def write_cells(grid: Grid, cells: list[Cell], status: dict[str, str], path: Pat
     tmp.replace(path)
 
 
-def run_grid(grid: Grid, processes: int = 1, dry_run: bool = False, python: str = sys.executable) -> dict[str, int]:
-    """Runs every unfinished cell, ``processes`` at a time; returns counts ran/skipped/failed."""
+def run_grid(grid: Grid, processes: int = 1, dry_run: bool = False, python: str = sys.executable,
+             where: Optional[list[str]] = None, archive: Optional[str] = None,
+             archive_only: bool = False) -> dict[str, int]:
+    """Runs every unfinished cell that passes ``where``, ``processes`` at a time; returns counts
+    ran/skipped/failed (and waiting, pending: cells left out by ``where``). With ``archive`` a cell
+    in the archive counts as done and each finished cell is copied there (module docstring)."""
     if processes < 1:
         raise ValueError(f"--processes must be >= 1, got {processes}")
     cells = expand(grid)
+    chosen = select_cells(grid, cells, where or [])
+    store = Path(archive) / grid.name if archive else None
+    if store is not None and not dry_run:
+        copied = sum(archive_cell(c, store) for c in cells if not is_archived(c, store) or archive_only)
+        write_archive(grid, cells, store)
+        if archive_only:
+            return {"archived": copied, "in archive": sum(is_archived(c, store) for c in cells),
+                    "cells": len(cells)}
     status = {c.run_dir: "skipped (summary.json exists)" for c in cells if is_done(c)}
-    waiting = [c for c in cells if c.run_dir not in status and not is_ready(c)]
+    status.update({c.run_dir: "skipped (archived)" for c in cells if c.run_dir not in status and is_archived(c, store)})
+    left_out = {c.run_dir for c in cells if c not in chosen and c.run_dir not in status}
+    waiting = [c for c in chosen if c.run_dir not in status and not is_ready(c)]
     status.update({c.run_dir: f"waiting (its source {c.source} has not finished)" for c in waiting})
-    todo = [c for c in cells if c.run_dir not in status]
+    todo = [c for c in chosen if c.run_dir not in status]
     if dry_run:
-        for c in cells:
+        for c in chosen:
             state = "run " if c.run_dir not in status else ("wait" if c in waiting else "skip")
             print(state, " ".join(["python", "launch/train.py", *c.args]))
-        return {"ran": 0, "skipped": len(cells) - len(todo) - len(waiting), "failed": 0, "pending": len(todo),
-                "waiting": len(waiting)}
+        return {"ran": 0, "skipped": len(cells) - len(todo) - len(waiting) - len(left_out), "failed": 0,
+                "pending": len(todo) + len(left_out), "waiting": len(waiting)}
     cells_json = Path(grid.out_dir) / "cells.json"
     write_cells(grid, cells, status, cells_json)
     cores = int(os.environ.get("FEDSIM_CPU_PROCESSES") or os.cpu_count() or 1)  # as train.py's devices: auto
     devices = max(1, cores // processes)
-    failed = _run_all(todo, processes, devices, python, status)
+
+    def finished(cell: Cell) -> None:  # each cell is archived as soon as it has finished
+        if store is not None and archive_cell(cell, store):
+            write_archive(grid, cells, store)
+
+    failed = _run_all(todo, processes, devices, python, status, finished)
     write_cells(grid, cells, status, cells_json)
-    counts = {"ran": len(todo) - failed, "skipped": len(cells) - len(todo) - len(waiting), "failed": failed}
-    return {**counts, "waiting": len(waiting)} if waiting else counts
+    counts = {"ran": len(todo) - failed, "skipped": len(cells) - len(todo) - len(waiting) - len(left_out),
+              "failed": failed}
+    if waiting:
+        counts["waiting"] = len(waiting)
+    if left_out:
+        counts["pending"] = len(left_out)
+    return counts
 
 
-def _run_all(todo: list[Cell], processes: int, devices: int, python: str, status: dict[str, str]) -> int:
+def _run_all(todo: list[Cell], processes: int, devices: int, python: str, status: dict[str, str],
+             finished=lambda cell: None) -> int:
     from tqdm.auto import tqdm
 
     failed = 0
@@ -378,7 +500,9 @@ def _run_all(todo: list[Cell], processes: int, devices: int, python: str, status
             cell = futures[future]
             state, seconds = future.result()
             status[cell.run_dir] = state if state != "ok" else f"ok ({seconds:.0f} s)"
-            if state != "ok":
+            if state == "ok":
+                finished(cell)
+            else:
                 failed += 1
                 tqdm.write(f"FAILED {cell.run_dir}: {state} (log: {cell.run_dir}/train.log)")
             bar.set_postfix(failed=failed)
@@ -393,11 +517,26 @@ def main(argv: Optional[list[str]] = None) -> dict[str, int]:
     parser.add_argument("--dry_run", action="store_true", help="print the cells' commands and exit")
     parser.add_argument("--wandb", action="store_true",
                         help="every cell also logs to W&B (--logger.wandb true), grouped under the grid's name")
+    parser.add_argument("--where", action="append", default=[], metavar="AXIS=V1,V2",
+                        help="run only the cells with these values of an axis (AXIS!=V1,V2: without them; "
+                             "seed=0,1 filters the seeds); repeatable")
+    parser.add_argument("--archive", default=None, metavar="DIR",
+                        help="copy each finished cell's summary.json, metrics.csv, rounds.jsonl and config.yaml to "
+                             "DIR/<grid name>/ (a grid report.py reads); cells found there count as done")
+    parser.add_argument("--archive_only", action="store_true",
+                        help="with --archive: copy the finished cells into the archive and run nothing")
     args = parser.parse_args(argv)
+    if args.archive_only and not args.archive:
+        parser.error("--archive_only needs --archive DIR")
     grid = load_grid(args.grid)
     if args.wandb:
         grid = replace(grid, overrides={**grid.overrides, "logger.wandb": True})
-    counts = run_grid(grid, args.processes, args.dry_run)
+    try:
+        counts = run_grid(grid, args.processes, args.dry_run, where=args.where, archive=args.archive,
+                          archive_only=args.archive_only)
+    except WhereError as err:  # one line, no usage, no traceback (as report.py's errors)
+        print(f"experiments.py: error: {err}", file=sys.stderr)
+        raise SystemExit(2)
     print(", ".join(f"{v} {k}" for k, v in counts.items()))
     return counts
 

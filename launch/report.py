@@ -54,7 +54,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fedsim from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments.py beside this file
 
+from experiments import WhereError, parse_where, passes  # noqa: E402  (this folder: the grid runner)
 from fedsim import curves as run_curves  # noqa: E402
 from fedsim.curves import END_MARKERS, LINESTYLES, MARKERS, color, integer_rounds, post_blocks  # noqa: E402
 
@@ -956,29 +958,13 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-class WhereError(ValueError):
-    """A ``--where`` filter that does not parse or names no axis."""
-
-
-def parse_where(text: str, axes: dict[str, list[str]]) -> tuple[str, bool, list[str]]:
-    """``axis=v1,v2`` (keep those values) or ``axis!=v1,v2`` (drop them) -> (axis, keep, values);
-    ``WhereError`` naming the axes when it does not parse or names no axis."""
-    keep = "!=" not in text
-    axis, sep, values = text.partition("=" if keep else "!=")
-    axis = axis.strip()
-    if not sep or not axis or not values.strip():
-        raise WhereError(f"--where must read axis=v1,v2 or axis!=v1,v2 (axes: {', '.join(axes)}), got {text!r}")
-    if axis not in axes:
-        raise WhereError(f"--where {text!r}: no axis {axis!r}; the grids' axes are {', '.join(axes)}")
-    return axis, keep, [v.strip() for v in values.split(",") if v.strip()]
-
-
 def select(axes: dict[str, list[str]], runs: list[dict[str, Any]], where: list[str]):
-    """(axes, runs) restricted to the runs whose axis values pass every ``where`` filter
-    (``parse_where``); an axis keeps the values that still occur, in their order."""
-    for text in where:
-        axis, keep, values = parse_where(text, axes)
-        runs = [r for r in runs if (str(r["values"].get(axis)) in values) == keep]
+    """(axes, runs) restricted to the runs whose axis values (and seed: ``seed=0,1``) pass every
+    ``where`` filter (``experiments.parse_where``); an axis keeps the values that still occur, in
+    their order."""
+    seeds = sorted({str(r["seed"]) for r in runs}, key=int)
+    filters = [parse_where(text, {**axes, "seed": seeds}) for text in where]
+    runs = [r for r in runs if passes(r["values"], r["seed"], filters)]
     seen = {a: {str(r["values"].get(a)) for r in runs} for a in axes}
     return {a: [v for v in vs if v in seen[a]] for a, vs in axes.items()}, runs
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,73 @@ def test_report_of_the_grid_matches_the_summaries(tiny_grid, tmp_path):
     assert lines[2] == f"| all | {acc} / {asr} | {cell} |"
     assert (tmp_path / "rep/results.csv").is_file() and (tmp_path / "rep/curves/all.png").is_file()
     assert (tmp_path / "rep/flain_threshold.png").is_file() == (second == "flain")
+
+
+def test_archive_only_copies_the_finished_cells_and_reports_like_the_grid(tiny_grid, tmp_path):
+    grid, _, _ = tiny_grid
+    counts = experiments.run_grid(grid, archive=str(tmp_path / "arch"), archive_only=True)
+    assert counts == {"archived": 2, "in archive": 2, "cells": 2}
+    store = tmp_path / "arch" / "tiny"
+    doc = json.loads((store / "cells.json").read_text())
+    ran = json.loads((Path(grid.out_dir) / "cells.json").read_text())
+    assert doc["commits"] == ran["commits"] and doc["axes"] == ran["axes"]  # the code that ran, not this call's
+    assert [c["status"] for c in doc["cells"]] == ["archived", "archived"]
+    for cell in doc["cells"]:
+        kept = sorted(p.name for p in Path(cell["run_dir"]).iterdir())
+        assert kept == ["config.yaml", "metrics.csv", "rounds.jsonl", "summary.json"]  # no checkpoints, no models
+        original = Path(grid.out_dir) / cell["values"]["defense"] / "seed3"
+        assert (Path(cell["run_dir"]) / "summary.json").read_bytes() == (original / "summary.json").read_bytes()
+    from_grid = report.build_report(grid.out_dir, str(tmp_path / "a"), plots=False)
+    from_archive = report.build_report(str(store), str(tmp_path / "b"), plots=False)
+    assert from_archive["table"] == from_grid["table"] and from_archive["finished"] == 2
+
+
+def test_a_grid_continues_from_its_archive_after_its_run_directories_are_lost(tiny_grid, tmp_path):
+    grid, _, second = tiny_grid
+    archive = tmp_path / "arch"
+    experiments.run_grid(grid, archive=str(archive), archive_only=True)
+    lost = replace(grid, out_dir=str(tmp_path / "new_machine"))  # same grid, no run directories
+    shutil.rmtree(archive / "tiny" / second)  # and one cell that never reached the archive
+    counts = experiments.run_grid(lost, processes=1, archive=str(archive))
+    assert counts == {"ran": 1, "skipped": 1, "failed": 0}  # only the missing cell trains
+    assert not (Path(lost.out_dir) / "fedavg").exists()
+    statuses = {c["values"]["defense"]: c["status"] for c in
+                json.loads((Path(lost.out_dir) / "cells.json").read_text())["cells"]}
+    assert statuses["fedavg"] == "skipped (archived)" and statuses[second].startswith("ok")
+    rerun = json.loads((archive / "tiny" / second / "seed3" / "summary.json").read_text())  # archived on finishing
+    first = json.loads((Path(grid.out_dir) / second / "seed3" / "summary.json").read_text())
+    assert rerun["final"] == first["final"] and rerun.get("flain", {}).get("asr_after") == \
+        first.get("flain", {}).get("asr_after")  # the same numbers again
+    doc = json.loads((archive / "tiny" / "cells.json").read_text())
+    assert [c["status"] for c in doc["cells"]] == ["archived", "archived"]
+
+
+def test_where_runs_only_the_chosen_cells_and_lists_the_others_as_pending(tiny_grid, tmp_path):
+    grid, _, second = tiny_grid
+    fresh = replace(grid, out_dir=str(tmp_path / "out"))
+    counts = experiments.run_grid(fresh, processes=1, where=["defense!=" + second, "seed=3"])
+    assert counts == {"ran": 1, "skipped": 0, "failed": 0, "pending": 1}
+    doc = json.loads((Path(fresh.out_dir) / "cells.json").read_text())
+    assert [c["status"].split(" ")[0] for c in doc["cells"]] == ["ok", "pending"]
+    assert experiments.run_grid(fresh, dry_run=True, where=["defense=fedavg"]) == \
+        {"ran": 0, "skipped": 1, "failed": 0, "pending": 1, "waiting": 0}
+
+
+@pytest.mark.parametrize("where, message", [
+    ("seed=7", "seed has no value 7; its values are 3"),
+    ("defense=krum,fedavg", "defense has no value krum"),
+    ("attack=badnets", "no axis 'attack'; the grids' axes are defense, seed"),
+])
+def test_experiments_bad_where_is_a_short_error_before_anything_runs(tiny_grid, tmp_path, capsys, where, message):
+    grid, _, _ = tiny_grid
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "base": grid.base, "out_dir": str(tmp_path / "out"),
+                                    "seeds": [3], "axes": grid.axes}))
+    with pytest.raises(SystemExit) as info:
+        experiments.main(["--grid", str(path), "--where", where])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) <= 3
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- report on known numbers
@@ -363,6 +432,7 @@ def test_report_where_keeps_the_runs_of_the_chosen_axis_values(tmp_path, capsys)
     kept_axes, kept = report.select(axes, runs, ["mcr=0.2", "attack!=dba"])
     assert [r["values"] for r in kept] == [values[1], values[5]]
     assert kept_axes == {"attack": ["badnets", "a3fl"], "mcr": ["0.2"], "defense": ["fedavg"]}
+    assert len(report.select(axes, runs, ["seed=0"])[1]) == 6 and report.select(axes, runs, ["seed!=0"])[1] == []
     result = report.main([str(grid), "--out", str(tmp_path / "rep"), "--no_plots", "--where", "mcr=0.2",
                           "--where", "attack!=dba"])
     assert result["rows"] == [("badnets", "0.2"), ("a3fl", "0.2")] and result["runs"] == 2
@@ -370,8 +440,8 @@ def test_report_where_keeps_the_runs_of_the_chosen_axis_values(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("where, message", [
-    ("seed=0", "no axis 'seed'; the grids' axes are attack, mcr, defense"),
-    ("mcr", "--where must read axis=v1,v2 or axis!=v1,v2 (axes: attack, mcr, defense), got 'mcr'"),
+    ("round=0", "no axis 'round'; the grids' axes are attack, mcr, defense, seed"),
+    ("mcr", "--where must read axis=v1,v2 or axis!=v1,v2 (axes: attack, mcr, defense, seed), got 'mcr'"),
     ("mcr=", "--where must read axis=v1,v2"),
 ])
 def test_report_bad_where_is_a_one_line_error_naming_the_axes(tmp_path, capsys, where, message):
