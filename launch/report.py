@@ -143,14 +143,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def mean_std_text(values: list[float], scale: float = 1.0, spec: str = ".1f", std_spec: Optional[str] = None) -> str:
+def mean_std_text(values: list[float], scale: float = 1.0, spec: str = ".1f") -> str:
     """``scale`` x "mean ± std" over ``values`` (the mean alone for one value, "–" for none), the mean
-    formatted with ``spec``, the std with ``std_spec`` (default: ``spec``)."""
+    formatted with ``spec``, the std with ``spec`` without its sign (a std is never negative:
+    "-0.04 ± 0.05", not "± +0.05")."""
     mean, std = mean_std(values)
     if math.isnan(mean):
         return "–"
     text = format(scale * mean, spec)
-    return text if len(values) < 2 else f"{text} ± {format(scale * std, std_spec or spec)}"
+    unsigned = spec.replace("+", "")
+    return text if len(values) < 2 else f"{text} ± {format(scale * std, unsigned)}"
 
 
 def _pct(values: list[float]) -> str:
@@ -294,7 +296,7 @@ def headline_table(row_axes, rows, cols, groups, best: Optional[dict] = None, as
     ``baseline``'s trained models of the row and seeds, as in ``robust_check``). Rows where none
     of ``cols`` has a finished run are left out."""
     def ms(values, digits, sign=""):  # percent (points); the std unsigned
-        return mean_std_text(values, 100, f"{sign}.{digits}f", f".{digits}f")
+        return mean_std_text(values, 100, f"{sign}.{digits}f")
     def bold(text, miss):
         return f"**{text}**" if miss else text
     def trained(row, col):

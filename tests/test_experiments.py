@@ -658,3 +658,12 @@ def test_a_cell_in_two_grids_is_one_run_with_the_blocks_of_both(tmp_path):
     assert result["finished"] == 1 and result["runs"] == 2  # seed 0 once, seed 1 missing in both
     assert result["table"].splitlines()[2] == ("| all | 90.0 / 100.0 | 90.0 / 100.0 -> 80.0 / 0.0 | 90.0 / 100.0 -> "
                                                "81.0 / 0.0 | 90.0 / 100.0 -> 80.0 / 0.0 | 90.0 / 100.0 -> 81.0 / 0.0 |")
+
+
+def test_mean_std_text_signs_the_mean_only():
+    assert report.mean_std_text([-0.0003, -0.0009], 100, "+.2f") == "-0.06 ± 0.04"
+    assert report.mean_std_text([0.5], 100, "+.2f") == "+50.00" and report.mean_std_text([]) == "–"
+    groups = {(("iid",), "fedavg+flain"): [{"k": 0.01, "acc_before": 0.9, "acc_after": 0.9 - d, "asr_after": 0.0,
+                                             "flipped_neurons": 10} for d in (0.0003, 0.0009)]}
+    row = report.flain_table(["distribution"], [("iid",)], ["fedavg+flain"], groups).splitlines()[2]
+    assert "| -0.06 ± 0.04 |" in row and "± +" not in row
