@@ -384,7 +384,8 @@ def write_archive(grid: Grid, cells: list[Cell], archive: Path) -> None:
     for commit in (json.loads(source.read_text()).get("commits", []) if source.is_file() else []):
         if commit not in commits:
             commits.append(commit)
-    entries = [replace(c, run_dir=str(archived_dir(c, archive))) for c in cells]
+    # run directories relative to the archive (report.py finds them under it on any machine)
+    entries = [replace(c, run_dir=str(archived_dir(c, Path()))) for c in cells]
     doc = {"name": grid.name, "axes": {a: list(v) for a, v in grid.axes.items()}, "seeds": grid.seeds,
            "commits": commits,
            "cells": [{**asdict(e), "status": "archived" if is_archived(c, archive) else "pending"}
@@ -459,7 +460,7 @@ def run_grid(grid: Grid, processes: int = 1, dry_run: bool = False, python: str 
                     "cells": len(cells)}
     status = {c.run_dir: "skipped (summary.json exists)" for c in cells if is_done(c)}
     status.update({c.run_dir: "skipped (archived)" for c in cells if c.run_dir not in status and is_archived(c, store)})
-    left_out = {c.run_dir for c in cells if c not in chosen and c.run_dir not in status}
+    left_out = {c.run_dir for c in cells} - {c.run_dir for c in chosen} - set(status)
     waiting = [c for c in chosen if c.run_dir not in status and not is_ready(c)]
     status.update({c.run_dir: f"waiting (its source {c.source} has not finished)" for c in waiting})
     todo = [c for c in chosen if c.run_dir not in status]

@@ -139,10 +139,11 @@ def test_archive_only_copies_the_finished_cells_and_reports_like_the_grid(tiny_g
     assert doc["commits"] == ran["commits"] and doc["axes"] == ran["axes"]  # the code that ran, not this call's
     assert [c["status"] for c in doc["cells"]] == ["archived", "archived"]
     for cell in doc["cells"]:
-        kept = sorted(p.name for p in Path(cell["run_dir"]).iterdir())
+        assert cell["run_dir"] == f"{cell['values']['defense']}/seed3"  # relative: the archive moves with the repo
+        kept = sorted(p.name for p in (store / cell["run_dir"]).iterdir())
         assert kept == ["config.yaml", "metrics.csv", "rounds.jsonl", "summary.json"]  # no checkpoints, no models
         original = Path(grid.out_dir) / cell["values"]["defense"] / "seed3"
-        assert (Path(cell["run_dir"]) / "summary.json").read_bytes() == (original / "summary.json").read_bytes()
+        assert (store / cell["run_dir"] / "summary.json").read_bytes() == (original / "summary.json").read_bytes()
     from_grid = report.build_report(grid.out_dir, str(tmp_path / "a"), plots=False)
     from_archive = report.build_report(str(store), str(tmp_path / "b"), plots=False)
     assert from_archive["table"] == from_grid["table"] and from_archive["finished"] == 2
