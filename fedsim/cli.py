@@ -182,7 +182,9 @@ def provenance(cfg, fabric, started: str) -> dict:
     """What produced a run: seed, a hash of the resolved config keys that determine its numbers
     (seed, data, partition, model, fed, client, aggregator, attack, callbacks: the same for any
     hardware layout), git commit (and dirty flag), package versions, world size, threads per
-    process, accelerator, start time (the end time is added when the summary is written)."""
+    process, accelerator, hardware (``hardware()``: float results differ between CPU kernels, so
+    the same config can end elsewhere on another machine), start time (the end time is added when
+    the summary is written)."""
     import hashlib
     import json
     import platform
@@ -200,7 +202,24 @@ def provenance(cfg, fabric, started: str) -> dict:
     return {"seed": cfg.seed, "config_sha256": hashlib.sha256(resolved.encode()).hexdigest(),
             "git": git_state(), "versions": {**versions, "python": platform.python_version()},
             "world_size": fabric.world_size, "threads_per_process": torch.get_num_threads(),
-            "accelerator": fabric.device.type, "start": started}
+            "accelerator": fabric.device.type, "hardware": hardware(fabric.device), "start": started}
+
+
+def hardware(device) -> dict:
+    """The machine that computed a run: architecture, CPU model (``/proc/cpuinfo`` where there is
+    one), the CPU kernel level torch dispatches to (``torch.backends.cpu.get_cpu_capability()``,
+    e.g. AVX2 or AVX512: different levels round differently) and the GPU's name on CUDA."""
+    import platform
+
+    cpu = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"machine": platform.machine(), "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": gpu}
 
 
 def _shutdown(fabric) -> None:

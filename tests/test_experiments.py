@@ -668,3 +668,13 @@ def test_mean_std_text_signs_the_mean_only():
                                              "flipped_neurons": 10} for d in (0.0003, 0.0009)]}
     row = report.flain_table(["distribution"], [("iid",)], ["fedavg+flain"], groups).splitlines()[2]
     assert "| -0.06 ± 0.04 |" in row and "± +" not in row
+
+
+def test_report_names_the_hardware_that_ran_the_runs():
+    def run(hw):
+        return {"summary": {"provenance": {"hardware": hw} if hw else {}}}
+    epyc = {"machine": "x86_64", "cpu": "AMD EPYC", "cpu_capability": "AVX2", "gpu": None}
+    h200 = {**epyc, "gpu": "NVIDIA H200"}
+    runs = [run(epyc), run(None), run(epyc), run(h200), {"summary": None}]
+    assert report.hardware_text(runs) == "AMD EPYC (AVX2) x2, unrecorded x1, NVIDIA H200 x1"
+    assert report.hardware_text([run(None), {"summary": None}]) == ""  # older runs: nothing to say

@@ -144,6 +144,8 @@ def test_two_processes_give_exactly_the_numbers_of_one_with_default_settings(tmp
     prov = [s["provenance"] for s in summaries]
     assert [p["world_size"] for p in prov] == [1, 2] and prov[0]["config_sha256"] == prov[1]["config_sha256"]
     assert prov[0]["threads_per_process"] == 1 and prov[0]["start"] <= prov[0]["end"]
+    assert prov[0]["hardware"] == prov[1]["hardware"] and prov[0]["hardware"]["gpu"] is None
+    assert prov[0]["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     rows = [_rows(tmp_path / d) for d in ("one", "two")]
     for a, b in zip(*rows):
         assert {k: v for k, v in a.items() if k != "round_seconds"} == \
