@@ -60,7 +60,7 @@ pass every filter, e.g. one seed or one row of a long grid first; the other cell
 
 ``--archive DIR`` keeps the results of a grid apart from its run directories, small enough to
 commit: ``DIR/<name>/<cell>/seed<k>/`` gets each finished cell's ``summary.json``, ``metrics.csv``,
-``rounds.jsonl`` and ``config.yaml`` (a few KB; no checkpoints, no models) as soon as it finishes,
+``rounds.jsonl`` and ``config.yaml`` (15-200 KB; no checkpoints, no models) as soon as it finishes,
 and ``DIR/<name>/cells.json`` lists every cell of the grid (status ``archived`` or ``pending``) and
 the commits of the code that ran them. A cell already in the archive counts as done, so a grid
 continues on another machine (or after its run directories were lost) from a checkout that has the
