@@ -781,7 +781,6 @@ def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", p
             "string_columns": [*row_axes, "column", "post_training"]}
 
 
-# ----------------------------------------------------------------------------- one run
 def hardware_text(runs) -> str:
     """"<cpu> (<kernel level>) xN, ..." over the finished runs (a GPU by its name), in first-seen order;
     empty when no run records its hardware (runs before provenance had it)."""
@@ -797,6 +796,8 @@ def hardware_text(runs) -> str:
     return ", ".join(f"{label} x{n}" for label, n in counts.items())
 
 
+
+# ----------------------------------------------------------------------------- one run
 def is_run_dir(path) -> bool:
     """A run directory: summary.json and no cells.json."""
     return (Path(path) / "summary.json").is_file() and not (Path(path) / "cells.json").is_file()
