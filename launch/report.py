@@ -796,7 +796,6 @@ def hardware_text(runs) -> str:
     return ", ".join(f"{label} x{n}" for label, n in counts.items())
 
 
-
 # ----------------------------------------------------------------------------- one run
 def is_run_dir(path) -> bool:
     """A run directory: summary.json and no cells.json."""
