@@ -60,7 +60,7 @@ pass every filter, e.g. one seed or one row of a long grid first; the other cell
 
 ``--archive DIR`` keeps the results of a grid apart from its run directories, small enough to
 commit: ``DIR/<name>/<cell>/seed<k>/`` gets each finished cell's ``summary.json``, ``metrics.csv``,
-``rounds.jsonl`` and ``config.yaml`` (15-200 KB; no checkpoints, no models) as soon as it finishes,
+``rounds.jsonl`` and ``config.yaml`` (17-231 KB; no checkpoints, no models) as soon as it finishes,
 and ``DIR/<name>/cells.json`` lists every cell of the grid (status ``archived`` or ``pending``) and
 the commits of the code that ran them. A cell already in the archive counts as done, so a grid
 continues on another machine (or after its run directories were lost) from a checkout that has the
@@ -464,11 +464,12 @@ def run_grid(grid: Grid, processes: int = 1, dry_run: bool = False, python: str 
     waiting = [c for c in chosen if c.run_dir not in status and not is_ready(c)]
     status.update({c.run_dir: f"waiting (its source {c.source} has not finished)" for c in waiting})
     todo = [c for c in chosen if c.run_dir not in status]
+    skipped = len(cells) - len(todo) - len(waiting) - len(left_out)
     if dry_run:
         for c in chosen:
             state = "run " if c.run_dir not in status else ("wait" if c in waiting else "skip")
             print(state, " ".join(["python", "launch/train.py", *c.args]))
-        return {"ran": 0, "skipped": len(cells) - len(todo) - len(waiting) - len(left_out), "failed": 0,
+        return {"ran": 0, "skipped": skipped, "failed": 0,
                 "pending": len(todo) + len(left_out), "waiting": len(waiting)}
     cells_json = Path(grid.out_dir) / "cells.json"
     write_cells(grid, cells, status, cells_json)
@@ -481,8 +482,7 @@ def run_grid(grid: Grid, processes: int = 1, dry_run: bool = False, python: str 
 
     failed = _run_all(todo, processes, devices, python, status, finished)
     write_cells(grid, cells, status, cells_json)
-    counts = {"ran": len(todo) - failed, "skipped": len(cells) - len(todo) - len(waiting) - len(left_out),
-              "failed": failed}
+    counts = {"ran": len(todo) - failed, "skipped": skipped, "failed": failed}
     if waiting:
         counts["waiting"] = len(waiting)
     if left_out:
