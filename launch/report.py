@@ -18,7 +18,7 @@ paper's bounds with FedAvg's trained accuracy of the row as the reference (``rob
 (FLAIN or another ``fedsim.posttrain.PostTrainingDefense``: a dict with ``acc_before`` and
 ``acc_after``) the cell reads "before -> after" for that block: the one named like the column,
 else the first by name. A run with several blocks becomes one pseudo-column ``<value>+<block>``
-per block (``expand_post``). ``results.csv`` has one row per (row, column) with every number.
+per block (``expand_post``). ``results.csv`` has one row per (row, column) with every number and the seeds it averages (``seed_ids``).
 
 Plots (matplotlib Agg, no pyplot state): ``curves/<row>.png`` per-round ACC and ASR per column
 value (mean over seeds, from metrics.csv; x = metrics.csv's 0-based ``round``, integer ticks);
@@ -467,13 +467,15 @@ def write_csv(path: Path, row_axes, rows, cols, groups) -> None:
     keys = [f"{m}{s}" for s in ("", "_before", "_after") for m in METRICS]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*row_axes, "column", "seeds", "post_training", *(f"{k}_{s}" for k in keys for s in ("mean", "std"))])
+        w.writerow([*row_axes, "column", "seeds", "seed_ids", "post_training",
+                    *(f"{k}_{s}" for k in keys for s in ("mean", "std"))])
         for row in rows:
             for col in cols:
                 numbers = groups.get((row, col), [])
                 post = next((n["post"] for n in numbers if "post" in n), "")
+                ids = " ".join(str(i) for i in sorted({n["seed"] for n in numbers if n.get("seed") is not None}))
                 stats = [mean_std([n[k] for n in numbers if k in n]) for k in keys]
-                w.writerow([*row, col, len(numbers), post, *(f"{v:.6g}" for ms in stats for v in ms)])
+                w.writerow([*row, col, len(numbers), ids, post, *(f"{v:.6g}" for ms in stats for v in ms)])
 
 
 # ----------------------------------------------------------------------------- plots
@@ -778,7 +780,7 @@ def build_report(grid_dir, out: Optional[str] = None, column: str = "defense", p
     return {"table": table, "rows": rows, "columns": cols, "finished": done, "runs": len(raw_runs), "figures": figures,
             "claim": claim, "axes": axes, "records": runs, "commits": commits, "expanded": len(runs),
             "readme_block": "\n".join(block).rstrip() + "\n", "name": list(commits)[0] if commits else grid.name,
-            "string_columns": [*row_axes, "column", "post_training"]}
+            "string_columns": [*row_axes, "column", "seed_ids", "post_training"]}
 
 
 def hardware_text(runs) -> str:
@@ -972,6 +974,67 @@ def log_wandb(grid_dir: str, out: str, result: dict[str, Any], project: str = "f
     return local
 
 
+def read_results(path: Path) -> tuple[list[str], dict[tuple[str, ...], dict[str, str]]]:
+    """An earlier report's results.csv (or the folder holding it): (key columns, rows by key). The key
+    is every column before ``seeds`` (the row axes and ``column``); values stay the strings written
+    (6 significant digits), so equal strings are equal numbers as far as the file can tell."""
+    path = path / "results.csv" if path.is_dir() else path
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        if "seeds" not in header:
+            raise ValueError(f"{path}: not a report's results.csv (no 'seeds' column)")
+        keys = header[:header.index("seeds")]
+        return keys, {tuple(r[k] for k in keys): r for r in reader}
+
+
+def compare_results(old: dict[tuple[str, ...], dict[str, str]], new: dict[tuple[str, ...], dict[str, str]],
+                    label: str, limit: int = 10) -> tuple[list[str], dict[str, int]]:
+    """Rows of two reports' results.csv side by side: a row with finished runs in both and the same
+    seed count is ``identical`` when every number is (as written), else it ``differs`` (its largest
+    change named, a mean's before a std's, ACC/ASR in pt); other seeds (ids where both files list them in ``seed_ids``, else
+    counts) are ``not comparable``; rows with runs in only
+    one of them are counted apart. Returns the report lines and the counts."""
+    def seeds(row):
+        return int(row["seeds"]) if row and row.get("seeds", "").isdigit() else 0
+
+    def same_seeds(a, b):  # by their ids where both files list them, else by count
+        return a.get("seed_ids", b.get("seed_ids")) == b.get("seed_ids", a.get("seed_ids")) and seeds(a) == seeds(b)
+    numeric = lambda row: [k for k in row if k.endswith(("_mean", "_std"))]  # noqa: E731
+    counts = {"identical": 0, "differs": 0, "not comparable": 0, "only earlier": 0, "only here": 0}
+    changed = []
+    for key in [*new, *(k for k in old if k not in new)]:
+        a, b = seeds(old.get(key)), seeds(new.get(key))
+        if not a and not b:
+            continue
+        if not b or not a:
+            counts["only earlier" if a else "only here"] += 1
+            continue
+        if not same_seeds(old[key], new[key]):
+            counts["not comparable"] += 1
+            continue
+        diffs = [(abs(float(new[key][k]) - float(old[key][k])), k, old[key][k], new[key][k])
+                 for k in numeric(old[key]) if old[key][k] != new[key].get(k)
+                 and not (old[key][k] == "nan" and new[key].get(k) == "nan")]
+        if not diffs:
+            counts["identical"] += 1
+            continue
+        counts["differs"] += 1
+        d, k, was, now = max(diffs, key=lambda t: (t[1].endswith("_mean"), not math.isnan(t[0]), t[0]))
+        scale = 100.0 if k.startswith(("acc", "asr")) else 1.0
+        changed.append(f"- {' / '.join(key)} ({b} seed{'s' if b > 1 else ''}): {k} {float(was) * scale:.6g} -> "
+                       f"{float(now) * scale:.6g}" + (f" ({len(diffs)} numbers differ)" if len(diffs) > 1 else ""))
+    both = counts["identical"] + counts["differs"]
+    listed = all("seed_ids" in r for r in old.values())
+    lines = [f"Compared with {label}: {both} rows with the same seeds in both, {counts['identical']} "
+             f"identical in every number and {counts['differs']} differ; {counts['not comparable']} with "
+             f"other seeds, {counts['only here']} only here, {counts['only earlier']} only there."
+             + ("" if listed else " That file does not list its seeds (an older report): rows with the same "
+                "number of seeds were compared; restrict this report to its seeds with --where seed=...")]
+    lines += changed[:limit] + ([f"- ... and {len(changed) - limit} more"] if len(changed) > limit else [])
+    return lines, counts
+
+
 def _fail(message: str) -> None:
     """One line on stderr, exit status 2 (like argparse's usage errors), no traceback."""
     print(f"report.py: error: {message}", file=sys.stderr)
@@ -1028,8 +1091,19 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                              "the report; with --readme the block is that table and the checks of its columns")
     parser.add_argument("--name", default=None,
                         help="the block's <name> for --readme (default: the first grid's name)")
+    parser.add_argument("--compare", default=None, metavar="CSV",
+                        help="an earlier report's results.csv (or its folder): say which rows this report "
+                             "reproduces in every number, which differ and by how much")
     args = parser.parse_args(argv)
     one_run = check_dirs(args.grid_dir)
+    earlier = None
+    if args.compare:  # read before anything is written: --out may be the folder it names
+        if one_run:
+            _fail("--compare is for grids; a run directory is reported as it is")
+        try:
+            earlier = read_results(Path(args.compare))
+        except (OSError, ValueError, csv.Error) as err:
+            _fail(f"--compare: {err.strerror + ': ' + str(err.filename) if isinstance(err, OSError) else err}")
     out = args.out or str(Path(args.grid_dir[0]) / "report")
     if one_run and (args.where or args.headline):
         _fail(f"{'--where' if args.where else '--headline'} is for grids; a run directory is reported as it is")
@@ -1042,6 +1116,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         except (WhereError, HeadlineError) as err:
             _fail(str(err))
     print(result["table"])
+    if earlier is not None:
+        keys, rows = read_results(Path(out))
+        if keys != earlier[0]:
+            _fail(f"--compare: {args.compare} has the rows {', '.join(earlier[0])}; this report {', '.join(keys)}")
+        lines, result["compare"] = compare_results(earlier[1], rows, args.compare)
+        print("\n".join(lines))
+        with open(Path(out) / "README.md", "a") as f:
+            f.write("\n## Against an earlier report\n\n" + "\n".join(lines) + "\n")
     print(f"{result['finished']}/{result['runs']} runs; wrote {out}")
     if args.readme:
         write_readme_block(Path(args.readme), args.name or result.get("name", ""), result.get("readme_block", ""))

@@ -337,7 +337,7 @@ def test_report_wandb_tables_have_numeric_columns_and_string_axis_values(tmp_pat
     assert isinstance(row["acc_after_mean"], float) and row["acc_after_mean"] == pytest.approx(0.89)
     assert dict(zip(results.columns, results.data[0]))["acc_after_mean"] is None  # nan -> None (fedavg)
     for name in results.columns:  # a number column holds numbers (or None) only, never number strings
-        if name not in ("mcr", "column", "post_training"):
+        if name not in ("mcr", "column", "seed_ids", "post_training"):
             assert all(v is None or isinstance(v, (int, float)) for v in (dict(zip(results.columns, r))[name]
                                                                           for r in results.data)), name
     per_run = dict(zip(runs.columns, runs.data[1]))
@@ -678,3 +678,64 @@ def test_report_names_the_hardware_that_ran_the_runs():
     runs = [run(epyc), run(None), run(epyc), run(h200), {"summary": None}]
     assert report.hardware_text(runs) == "AMD EPYC (AVX2) x2, unrecorded x1, NVIDIA H200 x1"
     assert report.hardware_text([run(None), {"summary": None}]) == ""  # older runs: nothing to say
+
+
+def _fedavg_grid(tmp_path: Path, name: str, numbers: dict[tuple[str, int], tuple[float, float]]) -> Path:
+    """A fake grid: mcr x seed -> (acc, asr) of a fedavg run."""
+    root, cells = tmp_path / name, []
+    for (mcr, seed), (acc, asr) in numbers.items():
+        run_dir = root / f"{mcr}_fedavg" / f"seed{seed}"
+        _fake_run(run_dir, acc, asr)
+        cells.append({"values": {"mcr": mcr, "defense": "fedavg"}, "seed": seed, "run_dir": str(run_dir)})
+    (root / "cells.json").write_text(json.dumps(
+        {"name": name, "axes": {"mcr": sorted({m for m, _ in numbers}), "defense": ["fedavg"]}, "cells": cells}))
+    return root
+
+
+def test_report_compare_names_the_rows_it_reproduces_and_those_that_differ(tmp_path, capsys):
+    # Prepare: an earlier report of seeds 0-1 in two rows, a rerun where row 0.2's seed 1 changed
+    # and row 0.3 has only seed 0
+    earlier = _fedavg_grid(tmp_path, "a", {("0.1", 0): (0.90, 0.10), ("0.1", 1): (0.92, 0.30),
+                                       ("0.2", 0): (0.80, 0.50), ("0.2", 1): (0.80, 0.70), ("0.3", 0): (0.7, 0.9),
+                                       ("0.3", 1): (0.7, 0.9)})
+    rerun = _fedavg_grid(tmp_path, "b", {("0.1", 0): (0.90, 0.10), ("0.1", 1): (0.92, 0.30),
+                                     ("0.2", 0): (0.80, 0.50), ("0.2", 1): (0.81, 0.70), ("0.3", 0): (0.7, 0.9)})
+    report.main([str(earlier), "--out", str(tmp_path / "ra"), "--no_plots"])
+    # Execute: --out is the folder it compares with (read before it is overwritten)
+    shutil.copytree(tmp_path / "ra", tmp_path / "rb")
+    result = report.main([str(rerun), "--out", str(tmp_path / "rb"), "--no_plots", "--compare", str(tmp_path / "rb")])
+    # Assert
+    assert result["compare"] == {"identical": 1, "differs": 1, "not comparable": 1, "only earlier": 0, "only here": 0}
+    out = capsys.readouterr().out
+    assert "3 rows" not in out and "2 rows with the same seeds in both, 1 identical in every number and 1 differ" in out
+    assert "- 0.2 / fedavg (2 seeds): acc_mean 80 -> 80.5 (2 numbers differ)" in out  # ACC mean and std
+    assert "## Against an earlier report" in (tmp_path / "rb/README.md").read_text()
+    # seed ids decide, not only their number: seed 1 alone is not seed 0 alone
+    one = _fedavg_grid(tmp_path, "c", {("0.1", 1): (0.92, 0.30)})
+    zero = _fedavg_grid(tmp_path, "d", {("0.1", 0): (0.92, 0.30)})
+    report.main([str(zero), "--out", str(tmp_path / "rd"), "--no_plots"])
+    result = report.main([str(one), "--out", str(tmp_path / "rc"), "--no_plots", "--compare", str(tmp_path / "rd")])
+    assert result["compare"]["not comparable"] == 1 and result["compare"]["identical"] == 0
+
+
+def test_compare_results_without_seed_ids_matches_by_count_and_says_so():
+    old = {("0.1", "fedavg"): {"seeds": "1", "acc_mean": "0.9", "acc_std": "0"},
+           ("0.2", "fedavg"): {"seeds": "1", "acc_mean": "0.8", "acc_std": "0"}}
+    new = {("0.1", "fedavg"): {"seeds": "1", "seed_ids": "0", "acc_mean": "0.9", "acc_std": "0"},
+           ("0.3", "fedavg"): {"seeds": "2", "seed_ids": "0 1", "acc_mean": "0.7", "acc_std": "0"}}
+    lines, counts = report.compare_results(old, new, "old.csv")
+    assert counts == {"identical": 1, "differs": 0, "not comparable": 0, "only earlier": 1, "only here": 1}
+    assert "does not list its seeds" in lines[0]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "report.py: error: --compare: No such file or directory: "),
+    (lambda p: p.write_text("a,b\n1,2\n"), "not a report's results.csv (no 'seeds' column)")])
+def test_report_bad_compare_is_a_one_line_error_before_any_work(tmp_path, capsys, make, message):
+    grid = _fedavg_grid(tmp_path, "a", {("0.1", 0): (0.9, 0.1)})
+    make(tmp_path / "old.csv")
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(grid), "--out", str(tmp_path / "rep"), "--compare", str(tmp_path / "old.csv")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "rep").exists()
