@@ -1118,8 +1118,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     print(result["table"])
     if earlier is not None:
         keys, rows = read_results(Path(out))
-        if keys != earlier[0]:
-            _fail(f"--compare: {args.compare} has the rows {', '.join(earlier[0])}; this report {', '.join(keys)}")
+        if sorted(keys) != sorted(earlier[0]):
+            _fail(f"--compare: {args.compare} keys its rows by {', '.join(earlier[0])}; this report by {', '.join(keys)}")
+        rows = {tuple(r[k] for k in earlier[0]): r for r in rows.values()}  # the axes may come in another order
         lines, result["compare"] = compare_results(earlier[1], rows, args.compare)
         print("\n".join(lines))
         with open(Path(out) / "README.md", "a") as f:

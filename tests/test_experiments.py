@@ -739,3 +739,16 @@ def test_report_bad_compare_is_a_one_line_error_before_any_work(tmp_path, capsys
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "rep").exists()
+
+
+def test_report_compare_matches_rows_by_axis_names_whatever_their_order(tmp_path, capsys):
+    # _grid_of gives run i the ASR 0.1 * i: the same values in the same cell order, axes swapped
+    a = _grid_of(tmp_path / "a", [{"attack": "x", "mcr": m, "defense": "fedavg"} for m in ("0.2", "0.4")])
+    b = _grid_of(tmp_path / "b", [{"mcr": m, "attack": "x", "defense": "fedavg"} for m in ("0.2", "0.4")])
+    report.main([str(a), "--out", str(tmp_path / "ra"), "--no_plots"])
+    result = report.main([str(b), "--out", str(tmp_path / "rb"), "--no_plots", "--compare", str(tmp_path / "ra")])
+    assert result["compare"]["identical"] == 2 and result["compare"]["differs"] == 0
+    other = _grid_of(tmp_path / "c", [{"dist": "iid", "mcr": m, "defense": "fedavg"} for m in ("0.2", "0.4")])
+    with pytest.raises(SystemExit):
+        report.main([str(other), "--out", str(tmp_path / "rc"), "--no_plots", "--compare", str(tmp_path / "ra")])
+    assert "keys its rows by attack, mcr, column; this report by dist, mcr, column" in capsys.readouterr().err
