@@ -430,8 +430,9 @@ def test_a_rank_that_stops_responding_stops_every_rank_within_the_timeout_naming
     assert ("error: round 1: rank 0 in gather: no reply from the other ranks within rank_timeout=4 s: "
             "a rank stopped responding; stopping this rank too") in done.stderr, done.stderr[-3000:]
     assert "Traceback" not in done.stderr.split("error: round 1")[0]
-    # detected after ~rank_timeout (+ round 1's training and the launcher's teardown), not after the sleep
-    assert ended - float(stamp.read_text()) < 4 + 20
+    # detected after ~rank_timeout (+ round 1's training and the launcher's teardown), not after the
+    # 120 s sleep: 26 s here with the suite at nice 10 beside four training processes, so half the sleep
+    assert ended - float(stamp.read_text()) < 60
 
 
 def test_a_collective_that_times_out_names_the_stage():
