@@ -18,7 +18,8 @@ paper's bounds with FedAvg's trained accuracy of the row as the reference (``rob
 (FLAIN or another ``fedsim.posttrain.PostTrainingDefense``: a dict with ``acc_before`` and
 ``acc_after``) the cell reads "before -> after" for that block: the one named like the column,
 else the first by name. A run with several blocks becomes one pseudo-column ``<value>+<block>``
-per block (``expand_post``). ``results.csv`` has one row per (row, column) with every number and the seeds it averages (``seed_ids``).
+per block (``expand_post``). ``results.csv`` has one row per (row, column) with every number and
+the seeds it averages (``seed_ids``); ``--compare`` sets it beside an earlier report's.
 
 Plots (matplotlib Agg, no pyplot state): ``curves/<row>.png`` per-round ACC and ASR per column
 value (mean over seeds, from metrics.csv; x = metrics.csv's 0-based ``round``, integer ticks);
@@ -990,17 +991,19 @@ def read_results(path: Path) -> tuple[list[str], dict[tuple[str, ...], dict[str,
 
 def compare_results(old: dict[tuple[str, ...], dict[str, str]], new: dict[tuple[str, ...], dict[str, str]],
                     label: str, limit: int = 10) -> tuple[list[str], dict[str, int]]:
-    """Rows of two reports' results.csv side by side: a row with finished runs in both and the same
-    seed count is ``identical`` when every number is (as written), else it ``differs`` (its largest
-    change named, a mean's before a std's, ACC/ASR in pt); other seeds (ids where both files list them in ``seed_ids``, else
-    counts) are ``not comparable``; rows with runs in only
-    one of them are counted apart. Returns the report lines and the counts."""
+    """Rows of two reports' results.csv side by side. A row with finished runs in both and the same
+    seeds (their ``seed_ids`` where both files list them, else their number) is ``identical`` when
+    every number is (as written), else it ``differs`` (its largest change named, a mean's before a
+    std's, ACC/ASR in pt); other seeds are ``not comparable``; rows with runs in only one of them are
+    counted apart. Returns the report lines and the counts."""
     def seeds(row):
         return int(row["seeds"]) if row and row.get("seeds", "").isdigit() else 0
 
-    def same_seeds(a, b):  # by their ids where both files list them, else by count
-        return a.get("seed_ids", b.get("seed_ids")) == b.get("seed_ids", a.get("seed_ids")) and seeds(a) == seeds(b)
-    numeric = lambda row: [k for k in row if k.endswith(("_mean", "_std"))]  # noqa: E731
+    def same_seeds(a, b):
+        if "seed_ids" in a and "seed_ids" in b:
+            return a["seed_ids"] == b["seed_ids"]
+        return seeds(a) == seeds(b)
+
     counts = {"identical": 0, "differs": 0, "not comparable": 0, "only earlier": 0, "only here": 0}
     changed = []
     for key in [*new, *(k for k in old if k not in new)]:
@@ -1014,13 +1017,12 @@ def compare_results(old: dict[tuple[str, ...], dict[str, str]], new: dict[tuple[
             counts["not comparable"] += 1
             continue
         diffs = [(abs(float(new[key][k]) - float(old[key][k])), k, old[key][k], new[key][k])
-                 for k in numeric(old[key]) if old[key][k] != new[key].get(k)
-                 and not (old[key][k] == "nan" and new[key].get(k) == "nan")]
+                 for k in old[key] if k.endswith(("_mean", "_std")) and k in new[key] and old[key][k] != new[key][k]]
         if not diffs:
             counts["identical"] += 1
             continue
         counts["differs"] += 1
-        d, k, was, now = max(diffs, key=lambda t: (t[1].endswith("_mean"), not math.isnan(t[0]), t[0]))
+        _, k, was, now = max(diffs, key=lambda t: (t[1].endswith("_mean"), not math.isnan(t[0]), t[0]))
         scale = 100.0 if k.startswith(("acc", "asr")) else 1.0
         changed.append(f"- {' / '.join(key)} ({b} seed{'s' if b > 1 else ''}): {k} {float(was) * scale:.6g} -> "
                        f"{float(now) * scale:.6g}" + (f" ({len(diffs)} numbers differ)" if len(diffs) > 1 else ""))
