@@ -56,7 +56,9 @@ one post-training grid can cover runs that different grids trained.
 
 ``--where axis=v1,v2`` (or ``axis!=v1,v2``; ``seed`` filters the seeds) runs only the cells that
 pass every filter, e.g. one seed or one row of a long grid first; the other cells stay listed in
-``cells.json`` as ``pending``.
+``cells.json`` as ``pending``. Before it runs (and with ``--dry_run``) it prints a plan: the cells
+left, their training rounds and the training time at the median round time of the grid's finished
+cells (``plan_text``).
 
 ``--archive DIR`` keeps the results of a grid apart from its run directories, small enough to
 commit: ``DIR/<name>/<cell>/seed<k>/`` gets each finished cell's ``summary.json``, ``metrics.csv``,
@@ -72,6 +74,7 @@ grid still need their source's checkpoint, which the archive does not hold.
 from __future__ import annotations
 
 import argparse
+import csv
 import functools
 import itertools
 import json
@@ -419,6 +422,46 @@ def run_cell(cell: Cell, devices: int, python: str = sys.executable) -> tuple[st
     return f"failed (exit {rc}): {lines[-1] if lines else 'no output'}", seconds
 
 
+def _rounds(cell: Cell) -> Optional[int]:
+    """The rounds a cell trains: its last ``--fed.rounds`` argument (None when the grid sets none)."""
+    values = [cell.args[i + 1] for i, a in enumerate(cell.args[:-1]) if a == "--fed.rounds"]
+    return int(values[-1]) if values else None
+
+
+def _round_seconds(run_dir: Path) -> list[float]:
+    """The ``round_seconds`` of every trained round in a run's metrics.csv (none if it has no file)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [float(row["round_seconds"]) for row in csv.DictReader(f) if row.get("round_seconds")]
+
+
+def plan_text(grid: Grid, cells: list[Cell], todo: list[Cell], store: Optional[Path], processes: int,
+              waiting: int = 0) -> str:
+    """One line: the cells left to run, their training rounds and the training time they take at
+    the median round time of this grid's finished cells (run directories and archive), ``processes``
+    cells at a time. Evaluation and post-training callbacks come on top."""
+    if not todo:
+        return f"plan: no cell ready to run; {waiting} wait for their source" if waiting else "plan: no cell left to run"
+    if grid.resume_from is not None:
+        return f"plan: {len(todo)} cells to run; they train no round (post-training callbacks only)"
+    rounds = [_rounds(c) for c in todo]
+    if None in rounds:
+        return f"plan: {len(todo)} cells to run (their rounds come from the config files: not estimated)"
+    finished = [Path(c.run_dir) if is_done(c) else archived_dir(c, store)
+                for c in cells if is_done(c) or is_archived(c, store)]
+    seconds = [s for run in finished for s in _round_seconds(run)]
+    head = f"plan: {len(todo)} cells to run, {sum(rounds):,} training rounds"
+    if not seconds:
+        return head + "; no finished cell of this grid to time them by"
+    median = sorted(seconds)[len(seconds) // 2]
+    hours = sum(rounds) * median / max(1, processes) / 3600
+    return (f"{head}; the {len(finished)} finished cells of this grid took a median {median:.1f} s a round, so "
+            f"about {hours:.1f} h of training with --processes {processes} on a machine as fast "
+            f"(evaluation and post-training callbacks on top)")
+
+
 def git_commit() -> str:
     """``<commit>`` of the code that runs, ``+dirty`` if the tracked files differ from it."""
     state = git_state(TRAIN.parent.parent)
@@ -465,12 +508,15 @@ def run_grid(grid: Grid, processes: int = 1, dry_run: bool = False, python: str 
     status.update({c.run_dir: f"waiting (its source {c.source} has not finished)" for c in waiting})
     todo = [c for c in chosen if c.run_dir not in status]
     skipped = len(cells) - len(todo) - len(waiting) - len(left_out)
+    plan = plan_text(grid, cells, todo, store, processes, len(waiting))
     if dry_run:
         for c in chosen:
             state = "run " if c.run_dir not in status else ("wait" if c in waiting else "skip")
             print(state, " ".join(["python", "launch/train.py", *c.args]))
+        print(plan)
         return {"ran": 0, "skipped": skipped, "failed": 0,
                 "pending": len(todo) + len(left_out), "waiting": len(waiting)}
+    print(plan, flush=True)
     cells_json = Path(grid.out_dir) / "cells.json"
     write_cells(grid, cells, status, cells_json)
     cores = int(os.environ.get("FEDSIM_CPU_PROCESSES") or os.cpu_count() or 1)  # as train.py's devices: auto

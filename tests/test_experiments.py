@@ -180,6 +180,36 @@ def test_where_runs_only_the_chosen_cells_and_lists_the_others_as_pending(tiny_g
         {"ran": 0, "skipped": 1, "failed": 0, "pending": 1, "waiting": 0}
 
 
+def _timed_run(run_dir: Path, round_seconds: list[float]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{i},0.1,{s}\n" for i, s in enumerate(round_seconds))
+    (run_dir / "metrics.csv").write_text("round,train_loss,round_seconds\n" + rows)
+    (run_dir / "summary.json").write_text("{}")
+
+
+def test_plan_estimates_training_time_from_the_finished_cells_round_times(tmp_path):
+    # Prepare: 3 cells; one finished in out_dir, one only in the archive, one to run for 600 rounds
+    grid = _grid(out_dir=str(tmp_path / "out"), seeds=[0], overrides={"fed.rounds": 40},
+                 axes={"d": {"a": {}, "b": {}, "c": {"fed.rounds": 600}}})
+    cells = experiments.expand(grid)
+    store = tmp_path / "arch" / "g"
+    _timed_run(Path(cells[0].run_dir), [10.0, 20.0, 30.0])
+    _timed_run(experiments.archived_dir(cells[1], store), [40.0])
+    # Execute
+    text = experiments.plan_text(grid, cells, [cells[2]], store, processes=2)
+    # Assert: median of the 4 round times is 30 s; 600 rounds x 30 s / 2 cells at a time = 2.5 h
+    assert text.startswith("plan: 1 cells to run, 600 training rounds; the 2 finished cells")
+    assert "median 30.0 s a round" in text and "about 2.5 h of training with --processes 2" in text
+    # without the archive only out_dir's cell times it: median of 10, 20, 30 -> 600 x 20 / 1 = 3.3 h
+    assert "about 3.3 h" in experiments.plan_text(grid, cells, [cells[2]], None, processes=1)
+    assert experiments.plan_text(grid, cells, [], store, 2) == "plan: no cell left to run"
+    untimed = _grid(out_dir=str(tmp_path / "none"), seeds=[0], axes={"d": {"a": {}}})
+    assert "rounds come from the config files" in experiments.plan_text(
+        untimed, experiments.expand(untimed), experiments.expand(untimed), None, 1)
+    post = replace(grid, resume_from=(str(tmp_path / "out"),))
+    assert "train no round" in experiments.plan_text(post, cells, cells[2:], None, 1)
+
+
 @pytest.mark.parametrize("where, message", [
     ("seed=7", "seed has no value 7; its values are 3"),
     ("defense=krum,fedavg", "defense has no value krum"),
