@@ -433,8 +433,14 @@ def _round_seconds(run_dir: Path) -> list[float]:
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return []
+    seconds = []
     with open(path, newline="") as f:
-        return [float(row["round_seconds"]) for row in csv.DictReader(f) if row.get("round_seconds")]
+        for row in csv.DictReader(f):
+            try:
+                seconds.append(float(row.get("round_seconds") or "nan"))
+            except ValueError:  # a cut-off line: not a round time
+                continue
+    return [s for s in seconds if s == s]  # drops the rows without one (nan)
 
 
 def plan_text(grid: Grid, cells: list[Cell], todo: list[Cell], store: Optional[Path], processes: int,

@@ -195,6 +195,8 @@ def test_plan_estimates_training_time_from_the_finished_cells_round_times(tmp_pa
     store = tmp_path / "arch" / "g"
     _timed_run(Path(cells[0].run_dir), [10.0, 20.0, 30.0])
     _timed_run(experiments.archived_dir(cells[1], store), [40.0])
+    with open(Path(cells[0].run_dir) / "metrics.csv", "a") as f:  # a row without a time and a cut-off one
+        f.write("3,0.1,\n4,0.1,1e\n")
     # Execute
     text = experiments.plan_text(grid, cells, [cells[2]], store, processes=2)
     # Assert: median of the 4 round times is 30 s; 600 rounds x 30 s / 2 cells at a time = 2.5 h
