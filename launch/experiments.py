@@ -437,17 +437,19 @@ def _round_seconds(run_dir: Path) -> list[float]:
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             try:
-                seconds.append(float(row.get("round_seconds") or "nan"))
-            except ValueError:  # a cut-off line: not a round time
+                value = float(row.get("round_seconds") or "")
+            except ValueError:  # no time in this row, or a cut-off line
                 continue
-    return [s for s in seconds if s == s]  # drops the rows without one (nan)
+            if value == value:  # not nan
+                seconds.append(value)
+    return seconds
 
 
 def plan_text(grid: Grid, cells: list[Cell], todo: list[Cell], store: Optional[Path], processes: int,
               waiting: int = 0) -> str:
     """One line: the cells left to run, their training rounds and the training time they take at
-    the median round time of this grid's finished cells (run directories and archive), ``processes``
-    cells at a time. Evaluation and post-training callbacks come on top."""
+    the median round time (the upper one for an even count) of this grid's finished cells (run
+    directories and archive), ``processes`` cells at a time. Evaluation and post-training callbacks come on top."""
     if not todo:
         return f"plan: no cell ready to run; {waiting} wait for their source" if waiting else "plan: no cell left to run"
     if grid.resume_from is not None:

@@ -205,6 +205,7 @@ def test_plan_estimates_training_time_from_the_finished_cells_round_times(tmp_pa
     # without the archive only out_dir's cell times it: median of 10, 20, 30 -> 600 x 20 / 1 = 3.3 h
     assert "about 3.3 h" in experiments.plan_text(grid, cells, [cells[2]], None, processes=1)
     assert experiments.plan_text(grid, cells, [], store, 2) == "plan: no cell left to run"
+    assert experiments.plan_text(grid, cells, [], store, 2, waiting=3) == "plan: no cell ready to run; 3 wait for their source"
     untimed = _grid(out_dir=str(tmp_path / "none"), seeds=[0], axes={"d": {"a": {}}})
     assert "rounds come from the config files" in experiments.plan_text(
         untimed, experiments.expand(untimed), experiments.expand(untimed), None, 1)
