@@ -78,6 +78,7 @@ import csv
 import functools
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -440,7 +441,7 @@ def _round_seconds(run_dir: Path) -> list[float]:
                 value = float(row.get("round_seconds") or "")
             except ValueError:  # no time in this row, or a cut-off line
                 continue
-            if value == value:  # not nan
+            if not math.isnan(value):
                 seconds.append(value)
     return seconds
 
